@@ -1,0 +1,53 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Every target depends on `install`, which is a no-op once the venv matches pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: install demo test test-all lint format prepare train score bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+demo: install
+	$(PY) -m mammo_anogan.demo $(ARGS)
+
+test: install
+	$(PY) -m pytest $(ARGS)
+
+test-all: install
+	$(PY) -m pytest -m "" $(ARGS)
+
+lint: install
+	$(PY) -m ruff check mammo_anogan tests bench
+	$(PY) -m ruff format --check mammo_anogan tests bench
+
+format: install
+	$(PY) -m ruff check --fix mammo_anogan tests bench
+	$(PY) -m ruff format mammo_anogan tests bench
+
+prepare: install
+	$(PY) -m mammo_anogan.prepare $(ARGS)
+
+train: install
+	$(PY) -m mammo_anogan.train $(ARGS)
+
+score: install
+	$(PY) -m mammo_anogan.score $(ARGS)
+
+bench: install
+	$(PY) bench/prepare.py $(ARGS)
+
+clean:
+	rm -rf outputs multirun wandb lightning_logs .pytest_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

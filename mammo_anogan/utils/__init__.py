@@ -1,0 +1,1 @@
+"""Shared utilities: atomic IO, hashing, errors, config resolvers."""
