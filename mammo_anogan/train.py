@@ -1,0 +1,308 @@
+"""Train StyleGAN2 on normal mammograms: ``python -m mammo_anogan.train +experiment=demo``.
+
+Hydra composes ``conf/train.yaml`` (data, model, trainer, logger, callbacks); this module builds the
+objects, trains for ``model.total_kimg`` thousand images, and exports ``generator.pt`` (G_ema) and
+``discriminator.pt`` to the run directory (``hydra.run.dir``) for scoring. Resume with
+``hydra.run.dir=<old run> ckpt_path=last``.
+
+Also here: the trainer plumbing the module needs - atomic checkpoint files loaded with
+``weights_only=True``, checkpoints scheduled in kimg rather than optimiser steps, and a DDP strategy
+that leaves gradient averaging to :class:`~mammo_anogan.models.gan_module.StyleGAN2Module`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.overrides.distributed import _sync_module_states
+from pytorch_lightning.strategies import DDPStrategy
+
+import mammo_anogan.utils.config  # noqa: F401  (registers the resolvers before Hydra composes)
+from mammo_anogan.utils.errors import ConfigError, UserError, exit_on_user_error
+from mammo_anogan.utils.io import atomic_torch_save, safe_torch_load
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+BEST_EXPORT_DIR = "best"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Trainer plumbing
+# ---------------------------------------------------------------------------------------------------
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written atomically (temp + fsync + rename) and read with ``weights_only=True``.
+
+    A run killed while saving keeps the previous ``last.ckpt`` intact. Loading refuses pickled code;
+    this works because everything the module, the optimisers, the loops and ModelCheckpoint store is
+    tensors and plain containers (hyper-parameters are saved as plain dicts, RNG states as tensors).
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: Any = None) -> Any:
+        return safe_torch_load(path, map_location="cpu")
+
+
+class GradientSyncDDPStrategy(DDPStrategy):
+    """DDP processes without the ``DistributedDataParallel`` wrapper (``trainer=ddp``).
+
+    A StyleGAN2 step has four backward passes (two with double backward) and toggles which network
+    has gradients; DDP's reducer expects one backward per forward over a fixed parameter set. The
+    module therefore averages gradients itself (one flat all-reduce per phase); this strategy only
+    starts the processes, broadcasts rank 0's initial weights, and shards the data.
+    """
+
+    def configure_ddp(self) -> None:
+        assert isinstance(self.model, pl.LightningModule)
+        _sync_module_states(self.model)
+
+
+class KimgCheckpoint(ModelCheckpoint):
+    """Checkpoint every ``every_n_kimg`` thousand images and at the end of training, plus ``last.ckpt``.
+
+    Lightning's step-based triggers count optimiser steps (2-4 per minibatch with manual
+    optimisation), so they are disabled. Ranking by a metric is left to the fidelity checkpoint.
+    """
+
+    def __init__(self, every_n_kimg: float = 50.0, **kwargs: Any) -> None:
+        if every_n_kimg <= 0:
+            raise ConfigError(f"checkpoint.every_n_kimg must be > 0, got {every_n_kimg}")
+        kwargs.setdefault("save_last", True)
+        kwargs.setdefault("filename", "kimg{kimg:010.3f}")
+        kwargs.setdefault("auto_insert_metric_name", False)
+        kwargs.setdefault("enable_version_counter", False)
+        super().__init__(every_n_epochs=0, every_n_train_steps=0, **kwargs)
+        self.every_n_kimg = float(every_n_kimg)
+        self._last_tick = 0
+
+    def _tick(self, pl_module: pl.LightningModule) -> int:
+        return int(getattr(pl_module, "cur_nimg", 0) // (self.every_n_kimg * 1000))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_tick = self._tick(pl_module)  # after a resume: do not re-save the restored tick
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        tick = self._tick(pl_module)
+        if tick > self._last_tick:
+            self._last_tick = tick
+            self.save_now(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save_now(trainer)
+
+    def save_now(self, trainer: pl.Trainer) -> None:
+        """Top-k (or periodic) checkpoint and ``last.ckpt`` for the current state, once per step."""
+        if self._should_skip_saving_checkpoint(trainer):
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+
+    def _monitor_candidates(self, trainer: pl.Trainer) -> dict[str, torch.Tensor]:
+        candidates = super()._monitor_candidates(trainer)
+        candidates["kimg"] = torch.tensor(float(getattr(trainer.lightning_module, "kimg", 0.0)))
+        return candidates
+
+
+class BestNetworkExport(Callback):
+    """Export G_ema/D to ``<run dir>/best`` whenever a monitoring ModelCheckpoint records a new best.
+
+    Works with any ``ModelCheckpoint`` that has a ``monitor`` (e.g. the fidelity checkpoint), so the
+    best networks are usable for scoring without Lightning, like the final export.
+    """
+
+    def __init__(self, export_dir: str | os.PathLike[str]) -> None:
+        self.export_dir = Path(export_dir)
+        self._exported: str = ""
+
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        best = [c.best_model_path for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
+        best = [path for path in best if path]
+        if not best or best[0] == self._exported:
+            return
+        self._exported = best[0]
+        if trainer.is_global_zero and hasattr(pl_module, "export_networks"):
+            pl_module.export_networks(self.export_dir)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self._check(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer, pl_module)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building the run from the config
+# ---------------------------------------------------------------------------------------------------
+def run_dir_of(cfg: DictConfig) -> Path:
+    """Hydra's output directory (``hydra.run.dir``), or ``cfg.run_dir`` / the cwd outside Hydra."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.get("run_dir") or os.getcwd())
+
+
+def ensure_prepared_dataset(cfg: DictConfig) -> Path:
+    """Return the prepared dataset dir; prepare synthetic data automatically when it is missing."""
+    dataset_dir = Path(cfg.data.dataset_dir)
+    if (dataset_dir / "manifest.csv").is_file():
+        return dataset_dir
+    command = f"python -m mammo_anogan.prepare data={cfg.data.get('name', '...')}"
+    if cfg.data.get("reader") != "synthetic":
+        raise UserError(
+            f"no prepared dataset at {dataset_dir}: run `{command}` with the same data.* settings"
+        )
+    try:
+        from mammo_anogan.prepare import prepare_dataset
+    except ImportError:
+        raise UserError(f"no prepared dataset at {dataset_dir}: run `{command}` first") from None
+    log.info("preparing the synthetic dataset in %s (first run only)", dataset_dir)
+    prepare_cfg = OmegaConf.create(
+        {
+            "data": OmegaConf.to_container(cfg.data, resolve=True),
+            "prepare": {"out_dir": str(dataset_dir), "workers": 0, "file_timeout_s": 120, "progress": False},
+        }
+    )
+    prepare_dataset(prepare_cfg)
+    if not (dataset_dir / "manifest.csv").is_file():
+        raise UserError(f"preparing the synthetic dataset did not create {dataset_dir / 'manifest.csv'}")
+    return dataset_dir
+
+
+def resolve_precision(trainer_cfg: DictConfig) -> str:
+    """``auto`` -> ``bf16-mixed`` on a bf16-capable GPU, else ``32-true``; fp32 always on CPU."""
+    precision = str(trainer_cfg.get("precision", "auto"))
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if not on_gpu:
+        return "32-true"
+    if precision == "auto":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    return precision
+
+
+def instantiate_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
+    """Callbacks from ``cfg.callbacks`` (a dict of ``_target_`` blocks, may be empty) + the checkpointer."""
+    callbacks: list[Callback] = []
+    for name, block in (cfg.get("callbacks") or {}).items():
+        if isinstance(block, DictConfig) and "_target_" in block:
+            callbacks.append(hydra.utils.instantiate(block))
+        elif block is not None:
+            log.debug("callbacks.%s has no _target_; skipped", name)
+    checkpoint_cfg = OmegaConf.to_container(cfg.get("checkpoint") or {}, resolve=True)
+    assert isinstance(checkpoint_cfg, dict)
+    callbacks.append(KimgCheckpoint(dirpath=str(run_dir / CHECKPOINT_DIR), **checkpoint_cfg))
+    callbacks.append(BestNetworkExport(run_dir / BEST_EXPORT_DIR))
+    return callbacks
+
+
+def instantiate_loggers(cfg: DictConfig) -> list[Any] | bool:
+    """Loggers from ``cfg.logger``: one ``_target_`` block or a dict of them; none -> ``False``."""
+    logger_cfg = cfg.get("logger")
+    if not logger_cfg:
+        return False
+    if "_target_" in logger_cfg:
+        return [hydra.utils.instantiate(logger_cfg)]
+    loggers = [
+        hydra.utils.instantiate(b)
+        for b in logger_cfg.values()
+        if isinstance(b, DictConfig) and "_target_" in b
+    ]
+    return loggers or False
+
+
+def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    """``ckpt_path=last`` -> ``<run dir>/checkpoints/last.ckpt``; a path must exist."""
+    value = cfg.get("ckpt_path")
+    if value in (None, "", "null"):
+        return None
+    path = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT if str(value) == "last" else Path(str(value))
+    if not path.is_file():
+        raise UserError(
+            f"ckpt_path={value}: no checkpoint at {path} "
+            "(resume with hydra.run.dir=<the earlier run's directory> ckpt_path=last)"
+        )
+    return str(path)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
+    """The Lightning Trainer: kimg-scheduled, atomic checkpoints, epochs/steps unbounded."""
+    trainer_cfg = cfg.trainer
+    overrides = {
+        "precision": resolve_precision(trainer_cfg),
+        "max_epochs": -1,
+        "max_steps": -1,  # training length is model.total_kimg (checked by the module every step)
+        "default_root_dir": str(run_dir),
+        "callbacks": instantiate_callbacks(cfg, run_dir),
+        "logger": instantiate_loggers(cfg),
+        "plugins": [AtomicCheckpointIO()],
+    }
+    return hydra.utils.instantiate(trainer_cfg, **overrides)
+
+
+def optimized_metric_value(cfg: DictConfig, trainer: pl.Trainer) -> float | None:
+    """The value of ``optimized_metric`` (for the Optuna sweeper), or None when it was not logged."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    value = trainer.callback_metrics.get(name)
+    if value is None:
+        log.warning(
+            "optimized_metric %s was never logged; available: %s", name, sorted(trainer.callback_metrics)
+        )
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Train from a composed config; returns the ``optimized_metric`` value when one is set."""
+    from mammo_anogan.data.datamodule import MammoDataModule
+
+    run_dir = run_dir_of(cfg)
+    pl.seed_everything(int(cfg.get("seed", 0)), workers=True)
+    ensure_prepared_dataset(cfg)
+    datamodule = MammoDataModule.from_config(cfg.data)
+    datamodule.setup("fit")
+    num_train_images = len(datamodule.dataset("train"))
+    model = hydra.utils.instantiate(cfg.model, num_train_images=num_train_images, _convert_="all")
+    trainer = build_trainer(cfg, run_dir)
+    ckpt_path = resolve_ckpt_path(cfg, run_dir)
+    log.info(
+        "training on %d normal images at %dpx for %.1f kimg (ADA %s)",
+        num_train_images,
+        int(cfg.data.resolution),
+        float(cfg.model.total_kimg),
+        "on" if model.augment_pipe is not None else "off",
+    )
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    if trainer.is_global_zero and cfg.get("export", True):
+        g_path, _ = model.export_networks(run_dir)
+        log.info("exported G_ema to %s", g_path)
+    return optimized_metric_value(cfg, trainer)
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    return exit_on_user_error(train)(cfg)
+
+
+if __name__ == "__main__":
+    main()
