@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps "frd-score>=1.0"
 	@touch $(STAMP)
 
+# The main job end to end on the embedded synthetic phantoms: prepare -> train -> score.
+DEMO_DIR := outputs/demo
 demo: install
-	$(PY) -m mammo_anogan.demo $(ARGS)
+	$(PY) -m mammo_anogan.prepare data=synthetic data.resolution=32
+	$(PY) -m mammo_anogan.train +experiment=demo hydra.run.dir=$(DEMO_DIR)/train
+	$(PY) -m mammo_anogan.score +experiment=demo generator=$(DEMO_DIR)/train/generator.pt hydra.run.dir=$(DEMO_DIR)/score
+	@echo "Demo finished: metrics in $(DEMO_DIR)/score/metrics.json, figures in $(DEMO_DIR)/score/"
 
 test: install
 	$(PY) -m pytest $(ARGS)
@@ -44,7 +49,9 @@ score: install
 	$(PY) -m mammo_anogan.score $(ARGS)
 
 bench: install
-	$(PY) bench/prepare.py $(ARGS)
+	$(PY) bench/prepare.py
+	$(PY) bench/train.py
+	$(PY) bench/score.py
 
 clean:
 	rm -rf outputs multirun wandb lightning_logs .pytest_cache build *.egg-info
