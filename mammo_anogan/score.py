@@ -43,6 +43,7 @@ from mammo_anogan.anomaly.outputs import (
 )
 from mammo_anogan.anomaly.projector import ProjectionSettings
 from mammo_anogan.anomaly.scoring import SCORE_METHODS
+from mammo_anogan.config_schema import validate_score_config
 from mammo_anogan.utils.errors import ConfigError, UserError, exit_on_user_error
 
 log = logging.getLogger(__name__)
@@ -312,6 +313,7 @@ def run_score(
     from mammo_anogan.evaluation.table import write_metrics_json
 
     run_dir = Path(run_dir)
+    validate_score_config(cfg)  # one-line ConfigError naming the key, before any file or device work
     check_score_config(cfg.score)
     settings = projection_settings(cfg.projection)
     generator = load_checked_generator(cfg)  # every check that can fail runs before any projection

@@ -29,6 +29,9 @@ from pytorch_lightning.overrides.distributed import _sync_module_states
 from pytorch_lightning.strategies import DDPStrategy
 
 import mammo_anogan.utils.config  # noqa: F401  (registers the resolvers before Hydra composes)
+from mammo_anogan.config_schema import validate_train_config
+from mammo_anogan.training.nonfinite import check_finite_weights
+from mammo_anogan.training.preemption import PreemptionCheckpoint
 from mammo_anogan.utils.errors import ConfigError, UserError, exit_on_user_error
 from mammo_anogan.utils.io import atomic_torch_save, safe_torch_load
 
@@ -48,11 +51,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     A run killed while saving keeps the previous ``last.ckpt`` intact. Loading refuses pickled code;
     this works because everything the module, the optimisers, the loops and ModelCheckpoint store is
     tensors and plain containers (hyper-parameters are saved as plain dicts, RNG states as tensors).
+    Weights holding NaN/Inf are refused, so a diverged step can never overwrite the last good file.
     """
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
+        check_finite_weights(checkpoint.get("state_dict", {}), f"checkpoint {Path(path).name}")
         atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: Any = None) -> Any:
@@ -210,6 +215,7 @@ def instantiate_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     assert isinstance(checkpoint_cfg, dict)
     callbacks.append(KimgCheckpoint(dirpath=str(run_dir / CHECKPOINT_DIR), **checkpoint_cfg))
     callbacks.append(BestNetworkExport(run_dir / BEST_EXPORT_DIR))
+    callbacks.append(PreemptionCheckpoint())
     return callbacks
 
 
@@ -276,6 +282,7 @@ def train(cfg: DictConfig) -> float | None:
     """Train from a composed config; returns the ``optimized_metric`` value when one is set."""
     from mammo_anogan.data.datamodule import MammoDataModule
 
+    validate_train_config(cfg)  # one-line ConfigError before any data or device work
     run_dir = run_dir_of(cfg)
     pl.seed_everything(int(cfg.get("seed", 0)), workers=True)
     ensure_prepared_dataset(cfg)
@@ -293,6 +300,12 @@ def train(cfg: DictConfig) -> float | None:
         "on" if model.augment_pipe is not None else "off",
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    preemption = next((c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint)), None)
+    if preemption is not None and preemption.preempted:
+        log.warning(
+            "pre-empted at kimg %.3f: resume with hydra.run.dir=%s ckpt_path=last", model.kimg, run_dir
+        )
+        return None
     if trainer.is_global_zero and cfg.get("export", True):
         g_path, _ = model.export_networks(run_dir)
         log.info("exported G_ema to %s", g_path)

@@ -40,6 +40,7 @@ from mammo_anogan.models.losses import (
     resolve_r1_gamma,
 )
 from mammo_anogan.models.stylegan2 import AdaController, AugmentPipe, Discriminator, Generator, save_network
+from mammo_anogan.training.nonfinite import ON_NONFINITE_CHOICES, NonFiniteError
 from mammo_anogan.utils.errors import ConfigError
 
 OPTIMIZER_DEFAULTS: dict[str, Any] = {"g_lr": 0.0025, "d_lr": 0.0025, "betas": [0.0, 0.99], "eps": 1e-8}
@@ -98,22 +99,25 @@ def _rank() -> int:
     return 0
 
 
-def _average_gradients(params: list[nn.Parameter]) -> None:
-    """Average ``.grad`` over ranks with one flat all-reduce and zero out NaN/Inf (as StyleGAN3 does).
+def _average_gradients(params: list[nn.Parameter], loss: Tensor) -> bool:
+    """Average ``.grad`` over ranks with one flat all-reduce; return whether loss and gradients are finite.
 
-    One concatenated buffer keeps it to a single collective per phase instead of one per tensor.
+    One concatenated buffer keeps it to a single collective per phase instead of one per tensor. The
+    loss rides along as ``loss * 0`` (NaN for a NaN/Inf loss), so after the all-reduce every rank sees
+    the same verdict and takes the same decision; the check costs one host sync per phase. NaN/Inf are
+    *detected* (and the step refused by the caller), not silently zeroed, so a diverging run is noticed.
     """
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.flatten() for g in grads])
+    flat = torch.cat([g.flatten() for g in grads] + [(loss.detach().float() * 0).reshape(1)])
     world = _world_size()
     if world > 1:
         torch.distributed.all_reduce(flat)
         flat /= world
-    torch.nan_to_num_(flat, nan=0.0, posinf=1e5, neginf=-1e5)
-    chunks = flat.split([g.numel() for g in grads])
-    torch._foreach_copy_(grads, [chunk.view_as(g) for chunk, g in zip(chunks, grads)])
+    finite = bool(torch.isfinite(flat).all())
+    if finite and grads:
+        chunks = flat[:-1].split([g.numel() for g in grads])
+        torch._foreach_copy_(grads, [chunk.view_as(g) for chunk, g in zip(chunks, grads)])
+    return finite
 
 
 def _requires_grad(module: nn.Module, flag: bool) -> None:
@@ -187,6 +191,9 @@ class StyleGAN2Module(LightningModule):
         batch_size: per-device batch (for ``r1_gamma="auto"`` before the first batch is seen).
         num_train_images: training-set size for ``ada.enabled="auto"`` (else read from the datamodule).
         compile: ``torch.compile`` the networks for the main (non-regularisation) phases.
+        on_nonfinite: a NaN/Inf loss or gradient ``"stop"``s training with :class:`NonFiniteError`
+            (naming the kimg and the last good checkpoint), or ``"skip"``s the rest of that minibatch's
+            updates and counts it (``train/nonfinite_skipped``). Weights are never updated with NaN.
     """
 
     def __init__(
@@ -201,6 +208,7 @@ class StyleGAN2Module(LightningModule):
         batch_size: int | None = None,
         num_train_images: int | None = None,
         compile: bool = False,
+        on_nonfinite: str = "stop",
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -222,6 +230,7 @@ class StyleGAN2Module(LightningModule):
                 "batch_size": batch_size,
                 "num_train_images": num_train_images,
                 "compile": bool(compile),
+                "on_nonfinite": str(on_nonfinite),
             }
         )
         self.G = Generator(**generator_cfg)
@@ -238,6 +247,8 @@ class StyleGAN2Module(LightningModule):
         self.batch_size = batch_size
         self.num_train_images = num_train_images
         self.use_compile = bool(compile)
+        self.on_nonfinite = str(on_nonfinite)
+        self.nonfinite_skipped = 0  # minibatches whose updates were skipped for a NaN/Inf
         self.cur_nimg = 0
         self.num_iterations = 0  # minibatches processed: drives the lazy-regularisation intervals
         self.r1_gamma: float | None = None  # resolved in setup() from the global batch size
@@ -264,6 +275,10 @@ class StyleGAN2Module(LightningModule):
             raise ConfigError(f"model.total_kimg must be > 0, got {self.total_kimg}")
         if float(self.ema_cfg["kimg"]) < 0:
             raise ConfigError(f"model.ema.kimg must be >= 0, got {self.ema_cfg['kimg']}")
+        if self.on_nonfinite not in ON_NONFINITE_CHOICES:
+            raise ConfigError(
+                f"model.on_nonfinite={self.on_nonfinite!r}: use one of {', '.join(ON_NONFINITE_CHOICES)}"
+            )
         enabled = str(self.ada_cfg["enabled"]).lower()
         if enabled not in ("auto", "true", "false"):
             raise ConfigError(f"model.ada.enabled={self.ada_cfg['enabled']!r}: use true, false or auto")
@@ -383,11 +398,32 @@ class StyleGAN2Module(LightningModule):
         ws = self.G.mix_styles(z1, z2, float(self.loss_cfg["style_mixing_prob"]), update_w_avg=update_w_avg)
         return self._synthesis(ws), ws
 
-    def _optimizer_step(self, optimizer: Any, network: nn.Module, loss: Tensor) -> None:
+    def _optimizer_step(self, optimizer: Any, network: nn.Module, loss: Tensor) -> bool:
+        """Backward, average, and step only when loss and gradients are finite; returns whether it stepped."""
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        _average_gradients(list(network.parameters()))
+        if not _average_gradients(list(network.parameters()), loss):
+            optimizer.zero_grad(set_to_none=True)
+            return False
         optimizer.step()
+        return True
+
+    def _last_checkpoint_path(self) -> str:
+        trainer = self._trainer
+        paths = [getattr(c, "last_model_path", "") for c in (trainer.checkpoint_callbacks if trainer else [])]
+        return next((p for p in paths if p), "") or "none written yet"
+
+    def _nonfinite(self, phase: str, logs: dict[str, Tensor | float]) -> None:
+        """A phase met NaN/Inf: raise (``stop``) or count the skipped minibatch (``skip``)."""
+        if self.on_nonfinite == "stop":
+            where = f"kimg {self.kimg:.3f} (minibatch {self.num_iterations})"
+            raise NonFiniteError(
+                f"non-finite {phase} loss or gradient at {where}; training stopped, weights not updated; "
+                f"last good checkpoint: {self._last_checkpoint_path()} "
+                "(resume with ckpt_path=last, or set model.on_nonfinite=skip)"
+            )
+        self.nonfinite_skipped += 1
+        logs.clear()
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         reals = batch["image"] if isinstance(batch, Mapping) else batch[0]
@@ -405,20 +441,27 @@ class StyleGAN2Module(LightningModule):
         fakes, _ = self._generate_for_training(local_batch, update_w_avg=True)
         fake_logits = self._discriminate(fakes)
         loss_g = g_nonsaturating_loss(fake_logits)
-        self._optimizer_step(opt_g, self.G, loss_g)
+        ok = self._optimizer_step(opt_g, self.G, loss_g)
         logs["train/loss_g"] = loss_g.detach()
+        if not ok:
+            self._nonfinite("G", logs)
+            return self._end_step(global_batch, local_batch, logs, skipped=True)
 
         # Phase 2: lazy path-length regularisation (fp32, smaller batch).
         g_interval = self._g_reg_interval()
         if g_interval and iteration % g_interval == 0:
             pl_batch = max(1, local_batch // int(self.loss_cfg["pl_batch_shrink"]))
+            pl_mean_before = self.path_length.pl_mean.detach().clone()
             with self._fp32():
                 z1, z2 = self._latents(pl_batch)
                 ws = self.G.mix_styles(z1, z2, float(self.loss_cfg["style_mixing_prob"]))
                 images = self.G.synthesis(ws)
                 penalty = self.path_length(images.float(), ws)
                 loss_pl = penalty.mean() * float(self.loss_cfg["pl_weight"]) * g_interval
-            self._optimizer_step(opt_g, self.G, loss_pl)
+            if not self._optimizer_step(opt_g, self.G, loss_pl):
+                self.path_length.pl_mean.copy_(pl_mean_before)  # the running mean saw the NaN too
+                self._nonfinite("path-length", logs)
+                return self._end_step(global_batch, local_batch, logs, skipped=True)
             logs["train/loss_pl"] = loss_pl.detach()
             logs["train/pl_mean"] = self.path_length.pl_mean.detach().clone()
 
@@ -429,10 +472,12 @@ class StyleGAN2Module(LightningModule):
             fakes, _ = self._generate_for_training(local_batch)
         fake_logits = self._discriminate(fakes)
         real_logits = self._discriminate(reals)
+        loss_d = d_logistic_loss(real_logits, fake_logits)
+        if not self._optimizer_step(opt_d, self.D, loss_d):
+            self._nonfinite("D", logs)
+            return self._end_step(global_batch, local_batch, logs, skipped=True)
         if self.ada is not None:
             self.ada.accumulate(real_logits)
-        loss_d = d_logistic_loss(real_logits, fake_logits)
-        self._optimizer_step(opt_d, self.D, loss_d)
         logs["train/loss_d"] = loss_d.detach()
         logs["train/d_real"] = real_logits.detach().float().mean()
         logs["train/d_fake"] = fake_logits.detach().float().mean()
@@ -444,11 +489,25 @@ class StyleGAN2Module(LightningModule):
                 reals_r1 = reals.detach().float().requires_grad_(True)
                 logits_r1 = self.D(self._augment(reals_r1))
                 loss_r1 = r1_loss(reals_r1, logits_r1, self.r1_gamma, d_interval)
-            self._optimizer_step(opt_d, self.D, loss_r1)
+            if not self._optimizer_step(opt_d, self.D, loss_r1):
+                self._nonfinite("R1", logs)
+                return self._end_step(global_batch, local_batch, logs, skipped=True)
             logs["train/loss_r1"] = loss_r1.detach()
-        _requires_grad(self.D, False)
+        self._end_step(global_batch, local_batch, logs, skipped=False)
 
-        # G_ema, image counter, ADA.
+    def _end_step(
+        self, global_batch: int, local_batch: int, logs: dict[str, Tensor | float], skipped: bool
+    ) -> None:
+        """G_ema, image counter, ADA and logging; a skipped minibatch still counts as shown (kimg advances,
+        so a run that keeps meeting NaN still ends) but leaves G_ema and ADA untouched."""
+        _requires_grad(self.D, False)
+        if skipped:
+            self.cur_nimg += global_batch
+            self.num_iterations += 1
+            logs["train/nonfinite_skipped"] = float(self.nonfinite_skipped)
+            logs["train/kimg"] = float(self.kimg)
+            self.log_dict(logs, on_step=True, on_epoch=False, batch_size=local_batch, sync_dist=False)
+            return
         beta = ema_beta(global_batch, self.cur_nimg, float(self.ema_cfg["kimg"]), self.ema_cfg["rampup"])
         update_ema(self.G_ema, self.G, beta)
         self.cur_nimg += global_batch
@@ -459,6 +518,8 @@ class StyleGAN2Module(LightningModule):
             if self.ada.r_t == self.ada.r_t:  # not NaN: at least one update happened
                 logs["train/ada_rt"] = float(self.ada.r_t)
         logs["train/kimg"] = float(self.kimg)
+        if self.nonfinite_skipped:
+            logs["train/nonfinite_skipped"] = float(self.nonfinite_skipped)
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=local_batch, sync_dist=False)
         self.log(
             "train/loss_g_bar", logs["train/loss_g"], prog_bar=True, logger=False, batch_size=local_batch
@@ -489,6 +550,7 @@ class StyleGAN2Module(LightningModule):
         checkpoint["stylegan2"] = {
             "cur_nimg": int(self.cur_nimg),
             "num_iterations": int(self.num_iterations),
+            "nonfinite_skipped": int(self.nonfinite_skipped),
             "ada": self.ada.state_dict() if self.ada is not None else None,
             "rng_per_rank": _gather_objects(capture_rng_state()),
             "world_size": int(self.world_size),
@@ -500,6 +562,7 @@ class StyleGAN2Module(LightningModule):
             return
         self.cur_nimg = int(state["cur_nimg"])
         self.num_iterations = int(state["num_iterations"])
+        self.nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
         if state.get("ada") is not None and self.ada is not None:
             self.ada.load_state_dict(state["ada"])
         rng_states = state.get("rng_per_rank") or []

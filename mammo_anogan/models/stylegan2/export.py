@@ -14,6 +14,7 @@ from torch import nn
 
 from mammo_anogan.models.stylegan2.discriminator import Discriminator
 from mammo_anogan.models.stylegan2.generator import Generator
+from mammo_anogan.training.nonfinite import check_finite_weights
 from mammo_anogan.utils.errors import UserError
 from mammo_anogan.utils.io import atomic_torch_save, safe_torch_load
 
@@ -30,8 +31,9 @@ def _kind_of(net: nn.Module) -> str:
 
 
 def save_network(net: Generator | Discriminator, path: str | os.PathLike[str]) -> Path:
-    """Write ``{"kind", "config", "state_dict"}`` atomically (tensors moved to CPU)."""
+    """Write ``{"kind", "config", "state_dict"}`` atomically (tensors on CPU); refuse NaN/Inf weights."""
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    check_finite_weights(state, f"{_kind_of(net)} export {Path(path).name}")
     payload = {"kind": _kind_of(net), "config": dict(net.config), "state_dict": state}
     return atomic_torch_save(payload, path)
 
