@@ -1,0 +1,412 @@
+"""``python -m mammo_anogan.prepare``: raw mammograms -> a prepared dataset directory.
+
+    python -m mammo_anogan.prepare data=dicom data.source=DIR data.views=[CC] data.resolution=256 \\
+        prepare.out_dir=OUT
+
+Reads a DICOM folder, mini-MIAS, a folder + labels CSV, or generated synthetic DICOMs; windows,
+orients, pads, resizes and masks every film in parallel worker processes; writes PNGs and one
+manifest row per kept image (``rejected.csv`` gets one row, with its reason, per input not kept);
+then fixes the patient-level splits. Layout: docs/interfaces.md ("Prepared dataset directory").
+
+Robustness: a bad file never stops the run; a killed run resumes where it stopped (inputs are
+identified by their salted, hashed relative path); no raw path or header identifier is written to
+the output folder or the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+import mammo_anogan.utils.config  # noqa: F401  (registers the resolvers before Hydra composes)
+from mammo_anogan.data.manifest import (
+    MANIFEST_FILE,
+    OUTPUT_FOLDERS,
+    REJECTED_FILE,
+    DatasetWriter,
+    format_geometry,
+    render_summary,
+    write_png,
+)
+from mammo_anogan.data.preprocess import PreprocessSettings, RejectedInput, prepare_image
+from mammo_anogan.data.readers import (
+    InputItem,
+    list_dicom_inputs,
+    list_folder_inputs,
+    list_mias_inputs,
+    load_item,
+)
+from mammo_anogan.utils.errors import ConfigError, UserError, exit_on_user_error
+from mammo_anogan.utils.hashing import SALT_FILE, load_or_create_salt, salted_hash
+from mammo_anogan.utils.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "prepare_config.yaml"
+READERS = ("dicom", "mias", "folder", "synthetic")
+# Settings whose change makes earlier outputs in the same folder invalid (checked on resume).
+_COMPATIBILITY_KEYS = ("reader", "source", "resolution", "views", "preprocess")
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What a worker needs to process one input (picklable, no raw identifiers)."""
+
+    out_dir: str
+    salt: str
+    views: tuple[str, ...] | None
+    modalities: tuple[str, ...]
+    max_pixels: int
+    file_timeout_s: float
+    preprocess: PreprocessSettings
+
+
+@dataclass
+class PrepareResult:
+    """What a run did; returned by :func:`prepare_dataset` for scripts and tests."""
+
+    out_dir: Path
+    processed: int
+    skipped: int
+    kept: int
+    rejected: int
+    summary: str
+
+
+class FileTimeout(Exception):
+    """Raised by the per-file timer."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`FileTimeout` after ``seconds`` (main thread only; 0 disables).
+
+    The timer interrupts Python code between bytecodes, so a single long native call (one
+    decode) can overrun it by its own duration; the next Python step then stops the file.
+    """
+    usable = seconds and seconds > 0 and threading.current_thread() is threading.main_thread()
+    if not usable or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def _expire(signum: int, frame: Any) -> None:
+        raise FileTimeout
+
+    previous = signal.signal(signal.SIGALRM, _expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def source_hash(item: InputItem, salt: str) -> str:
+    """The stable, non-reversible id of an input (its relative path, salted)."""
+    return salted_hash(f"source:{item.relpath}", salt)
+
+
+def _kept_row(item: InputItem, job: JobSettings, loaded: Any, prepared: Any) -> dict[str, Any]:
+    """Write the image, mask and lesion PNGs atomically and return the manifest row."""
+    out_dir = Path(job.out_dir)
+    image_id = salted_hash(f"image:{item.relpath}", job.salt)
+    image_path = f"images/{image_id}.png"
+    mask_path = f"masks/{image_id}.png"
+    write_png(out_dir / image_path, prepared.image)
+    write_png(out_dir / mask_path, prepared.mask.astype(np.uint8) * 255)
+    lesion_path = ""
+    if prepared.lesion_mask is not None:
+        lesion_path = f"lesions/{image_id}.png"
+        write_png(out_dir / lesion_path, prepared.lesion_mask.astype(np.uint8) * 255)
+    lesions = prepared.lesions or []
+    window = prepared.window
+    return {
+        "image_id": image_id,
+        "patient_id": salted_hash(f"patient:{loaded.patient_key}", job.salt),
+        "source": source_hash(item, job.salt),
+        "laterality": prepared.laterality,
+        "view": loaded.raw.view,
+        "label": item.label,
+        "breast_area_px": int(prepared.mask.sum()),
+        "image_path": image_path,
+        "mask_path": mask_path,
+        "lesion_mask_path": lesion_path,
+        "lesion_x": format_geometry(x for x, _, _ in lesions),
+        "lesion_y": format_geometry(y for _, y, _ in lesions),
+        "lesion_radius": format_geometry(r for _, _, r in lesions),
+        "window_center": "" if np.isnan(window.center) else f"{window.center:.2f}",
+        "window_width": "" if np.isnan(window.width) else f"{window.width:.2f}",
+        "window_source": window.source,
+        "flipped": str(bool(prepared.flipped)),
+        "pectoral_removed": str(bool(prepared.pectoral_removed)),
+        "abnormality": item.abnormality,
+        "tissue": item.tissue,
+        "raw_height": loaded.raw.pixels.shape[0],
+        "raw_width": loaded.raw.pixels.shape[1],
+    }
+
+
+def process_item(item: InputItem, job: JobSettings) -> dict[str, Any]:
+    """Prepare one input; always returns a row (manifest row, or ``source`` + ``reason``)."""
+    source = source_hash(item, job.salt)
+    if item.reject_reason:
+        return {"source": source, "reason": item.reject_reason}
+    try:
+        with time_limit(job.file_timeout_s):
+            loaded = load_item(
+                item, list(job.modalities), job.max_pixels, list(job.views) if job.views else None
+            )
+            prepared = prepare_image(loaded.raw, job.preprocess, loaded.lesion_circles, loaded.lesion_mask)
+            return _kept_row(item, job, loaded, prepared)
+    except RejectedInput as err:
+        return {"source": source, "reason": str(err)}
+    except FileTimeout:
+        return {"source": source, "reason": f"exceeded the per-file time limit of {job.file_timeout_s:g} s"}
+    except MemoryError:
+        return {"source": source, "reason": "out of memory while processing"}
+    except Exception as err:  # noqa: BLE001 - one bad file must never stop the run
+        log.warning("unexpected %s while preparing an input (source %s)", type(err).__name__, source)
+        return {"source": source, "reason": f"unexpected error ({type(err).__name__})"}
+
+
+_WORKER_JOB: JobSettings | None = None
+
+
+def _init_worker(job: JobSettings) -> None:
+    """Pool initializer: one OpenCV thread per process (the processes are the parallelism)."""
+    global _WORKER_JOB
+    import cv2
+
+    cv2.setNumThreads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER_JOB = job
+
+
+def _process_in_worker(item: InputItem) -> dict[str, Any]:
+    assert _WORKER_JOB is not None
+    return process_item(item, _WORKER_JOB)
+
+
+def preprocess_settings(data_cfg: DictConfig) -> PreprocessSettings:
+    """Build :class:`PreprocessSettings` from ``data`` (``resolution`` + the ``preprocess`` block)."""
+    block = OmegaConf.to_container(data_cfg.preprocess, resolve=True)
+    assert isinstance(block, dict)
+    names = {f.name for f in fields(PreprocessSettings)}
+    values = {k: v for k, v in block.items() if k in names}
+    if "window_percentiles" in values:
+        low, high = (float(p) for p in values["window_percentiles"])
+        if not 0 <= low < high <= 100:
+            raise ConfigError(
+                "data.preprocess.window_percentiles must be [low, high] with 0 <= low < high <= 100"
+            )
+        values["window_percentiles"] = (low, high)
+    if values.get("window_fallback", "breast_percentile") not in ("breast_percentile", "minmax"):
+        raise ConfigError("data.preprocess.window_fallback must be breast_percentile or minmax")
+    resolution = int(data_cfg.resolution)
+    if resolution < 8:
+        raise ConfigError(f"data.resolution must be at least 8 (got {resolution})")
+    return PreprocessSettings(resolution=resolution, **values)
+
+
+def list_inputs(data_cfg: DictConfig) -> Iterator[InputItem]:
+    """The reader named by ``data.reader`` over ``data.source`` (synthetic data generated first)."""
+    reader = str(data_cfg.reader)
+    if reader not in READERS:
+        raise ConfigError(f"data.reader must be one of {', '.join(READERS)} (got {reader})")
+    if data_cfg.get("source") in (None, ""):
+        raise UserError("data.source is not set: give the folder of raw images (data.source=DIR)")
+    source = Path(str(data_cfg.source)).expanduser()
+    labels_csv = data_cfg.get("labels_csv")
+    if reader == "synthetic":
+        if not (source / "labels.csv").is_file():
+            from mammo_anogan.data.synthetic import generate_dataset
+
+            generate_dataset(source, **OmegaConf.to_container(data_cfg.synthetic, resolve=True))
+        return list_folder_inputs(source, source / "labels.csv")
+    if reader == "mias":
+        return list_mias_inputs(source)
+    if reader == "folder":
+        return list_folder_inputs(source, Path(str(labels_csv)) if labels_csv else source / "labels.csv")
+    return list_dicom_inputs(source, Path(str(labels_csv)) if labels_csv else None)
+
+
+def sanitised_config(cfg: DictConfig, salt: str) -> dict[str, Any]:
+    """The resolved config without raw paths (they could name a patient or an institution)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    container.pop("paths", None)
+    container.pop("hydra", None)
+    data = container["data"]
+    for key in ("source", "labels_csv"):
+        if data.get(key):
+            data[key] = "hash:" + salted_hash(f"path:{Path(str(data[key])).expanduser().resolve()}", salt)
+    data.pop("dataset_dir", None)
+    container.get("prepare", {}).pop("out_dir", None)
+    return container
+
+
+def _check_compatible(out_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse to resume into a folder prepared with different settings (mixed outputs)."""
+    previous_path = out_dir / CONFIG_FILE
+    if not previous_path.is_file() or not (out_dir / MANIFEST_FILE).is_file():
+        return
+    previous = OmegaConf.to_container(OmegaConf.load(previous_path), resolve=False)
+    assert isinstance(previous, dict)
+    for key in _COMPATIBILITY_KEYS:
+        before, now = previous.get("data", {}).get(key), config["data"].get(key)
+        if before != now:
+            raise UserError(
+                f"prepare.out_dir was prepared with a different data.{key}; "
+                "use prepare.overwrite=true or another prepare.out_dir"
+            )
+
+
+def _clear_outputs(out_dir: Path) -> None:
+    """``prepare.overwrite=true``: remove only what prepare writes (never the folder itself)."""
+    for name in (MANIFEST_FILE, REJECTED_FILE, CONFIG_FILE, SALT_FILE, "splits.csv", "splits.json"):
+        (out_dir / name).unlink(missing_ok=True)
+    for folder in OUTPUT_FOLDERS:
+        shutil.rmtree(out_dir / folder, ignore_errors=True)
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """A start method that is safe in threaded parents (pytest, Lightning, rich) and still fast.
+
+    Plain ``fork`` can deadlock when the parent holds a lock in another thread (seen with torch
+    imported); ``forkserver`` forks workers from a clean single-threaded server that has the
+    readers (cv2, pydicom, scipy) pre-imported, so workers start in milliseconds.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["mammo_anogan.data.readers", "mammo_anogan.data.manifest"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def _results(pending: list[InputItem], job: JobSettings, workers: int) -> Iterator[dict[str, Any]]:
+    """Rows as they are produced: a process pool, or in-process when ``workers`` is 0 or 1 item."""
+    if workers <= 0 or len(pending) <= 1:
+        for item in pending:
+            yield process_item(item, job)
+        return
+    context = _pool_context()
+    processes = min(workers, len(pending))
+    chunksize = max(1, min(8, len(pending) // (processes * 8)))
+    with context.Pool(processes, initializer=_init_worker, initargs=(job,), maxtasksperchild=256) as pool:
+        yield from pool.imap_unordered(_process_in_worker, pending, chunksize=chunksize)
+
+
+def _progress(enabled: bool, total: int) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("preparing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled or total == 0,
+        transient=False,
+    )
+
+
+def prepare_dataset(cfg: DictConfig) -> PrepareResult:
+    """Run the whole preparation described by ``cfg`` (the composed ``prepare`` config)."""
+    out_dir = Path(str(cfg.prepare.out_dir)).expanduser()
+    if bool(cfg.prepare.get("overwrite", False)):
+        _clear_outputs(out_dir)
+    items = list_inputs(cfg.data)  # validates the source before anything is written
+    first = next(items, None)
+    if first is None:
+        raise UserError("data.source holds no input to prepare")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    salt = load_or_create_salt(out_dir, seed=cfg.prepare.get("salt_seed"))
+    config = sanitised_config(cfg, salt)
+    _check_compatible(out_dir, config)
+    atomic_write_text(out_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
+
+    views = [str(v).upper() for v in cfg.data.views] if cfg.data.get("views") else None
+    job = JobSettings(
+        out_dir=str(out_dir),
+        salt=salt,
+        views=tuple(views) if views else None,
+        modalities=tuple(str(m).upper() for m in cfg.data.preprocess.get("modalities") or []),
+        max_pixels=int(cfg.data.preprocess.max_pixels),
+        file_timeout_s=float(cfg.prepare.get("file_timeout_s") or 0),
+        preprocess=preprocess_settings(cfg.data),
+    )
+    writer = DatasetWriter(out_dir)
+    done = writer.done_sources()
+    pending: list[InputItem] = []
+    skipped = 0
+    seen: set[str] = set()
+    for item in _chain(first, items):
+        key = source_hash(item, salt)
+        if key in done or key in seen:
+            skipped += key in done
+            continue
+        seen.add(key)
+        pending.append(item)
+
+    with _progress(bool(cfg.prepare.get("progress", True)), len(pending)) as progress:
+        task = progress.add_task("prepare", total=len(pending))
+        for row in _results(pending, job, int(cfg.prepare.get("workers", 0))):
+            writer.add(row)
+            progress.advance(task)
+
+    kept, rejected = writer.finalise()
+    summary = render_summary(kept, rejected, processed=len(pending), skipped=skipped)
+    log.info(
+        "prepared dataset: %d kept, %d rejected, %d processed now, %d resumed",
+        len(kept),
+        len(rejected),
+        len(pending),
+        skipped,
+    )
+    if not kept:
+        raise UserError(f"no input was kept ({len(rejected)} rejected; reasons in {REJECTED_FILE})")
+    from mammo_anogan.data.splits import ensure_splits
+
+    split = cfg.data.get("split") or {}
+    ensure_splits(
+        out_dir,
+        val_fraction=float(split.get("val_fraction", 0.2)),
+        test_fraction=float(split.get("test_fraction", 0.2)),
+        seed=int(split.get("seed", 0)),
+        test_ids=split.get("test_ids"),
+    )
+    return PrepareResult(out_dir, len(pending), skipped, len(kept), len(rejected), summary)
+
+
+def _chain(first: InputItem, rest: Iterator[InputItem]) -> Iterator[InputItem]:
+    yield first
+    yield from rest
+
+
+@exit_on_user_error
+def run(cfg: DictConfig) -> PrepareResult:
+    """The task body: :func:`prepare_dataset` with user errors turned into one line + exit 2."""
+    result = prepare_dataset(cfg)
+    print(result.summary)
+    return result
+
+
+@hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point (see the module docstring for the command line)."""
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

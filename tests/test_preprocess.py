@@ -1,0 +1,106 @@
+"""Preprocessing geometry and intensities: fallback window, flip/pad/resize, point mapping, clips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dicom_fixtures import phantom
+
+from mammo_anogan.data.preprocess import (
+    PreprocessSettings,
+    RawImage,
+    RejectedInput,
+    fallback_breast_window,
+    laterality_from_signal,
+    orient_pad_resize,
+    prepare_image,
+    stored_value_domain,
+    transform_points,
+)
+
+
+def _raw(pixels: np.ndarray, laterality: str = "U", view: str = "CC") -> RawImage:
+    return RawImage(
+        pixels, stored_value_domain(pixels.dtype).astype(np.float64), laterality=laterality, view=view
+    )
+
+
+def test_fallback_window_uses_breast_percentiles() -> None:
+    image = np.zeros((40, 40), np.float64)
+    image[:, :20] = np.linspace(1000, 2000, 20 * 40).reshape(40, 20)
+    mask = image > 0
+    window = fallback_breast_window(image, mask, (0.0, 100.0))
+    assert window.source == "fallback_breast_percentile"
+    assert window.center == pytest.approx(1500.0) and window.width == pytest.approx(1000.0)
+
+
+def test_orient_pad_resize_pads_right_and_flips() -> None:
+    image = np.array([[1, 2], [3, 4], [5, 6], [7, 8]], np.uint8)  # 4 x 2 portrait
+    out = orient_pad_resize(image, flip=True, resolution=4)
+    expected = np.array([[2, 1, 0, 0], [4, 3, 0, 0], [6, 5, 0, 0], [8, 7, 0, 0]], np.uint8)
+    np.testing.assert_array_equal(out, expected)
+    landscape = orient_pad_resize(np.ones((2, 4), np.uint8), flip=False, resolution=4)
+    assert landscape[:2].all() and not landscape[2:].any()  # landscape films pad below
+
+
+@pytest.mark.parametrize(("height", "width", "resolution"), [(200, 100, 50), (413, 207, 40), (90, 150, 64)])
+def test_transform_points_tracks_a_block_through_reduce_flip_pad_resize(
+    height: int, width: int, resolution: int
+) -> None:
+    image = np.zeros((height, width), np.float32)
+    image[40:60, 60:80] = 1.0  # block centred at x=69.5, y=49.5
+    out = orient_pad_resize(image, flip=True, resolution=resolution)
+    ys, xs = np.nonzero(out)
+    x_out, y_out, scale = transform_points(
+        np.array([69.5]), np.array([49.5]), (height, width), True, resolution
+    )
+    assert scale == pytest.approx(resolution / max(height, width), rel=0.02)
+    assert out.sum() * scale**-2 == pytest.approx(400, rel=0.02)  # area preserved by area resizing
+    assert x_out[0] == pytest.approx(np.average(xs, weights=out[ys, xs]), abs=0.02)
+    assert y_out[0] == pytest.approx(np.average(ys, weights=out[ys, xs]), abs=0.02)
+
+
+def test_laterality_from_signal() -> None:
+    assert laterality_from_signal(phantom(right=True)) == "R"
+    assert laterality_from_signal(phantom(right=False)) == "L"
+
+
+def test_prepare_image_flips_unknown_right_breast_and_uses_fallback_window() -> None:
+    settings = PreprocessSettings(resolution=32, window_percentiles=(0.5, 99.5))
+    prepared = prepare_image(_raw(phantom(right=True)), settings)
+    assert prepared.flipped and prepared.laterality == "U"
+    assert prepared.image.shape == (32, 32) and prepared.image.dtype == np.uint8
+    assert prepared.window.source == "fallback_breast_percentile"
+    assert 1000 < prepared.window.center - prepared.window.width / 2 < 1100  # p0.5 of U(1000, 3000)
+    left, right = prepared.image[:, :16].sum(), prepared.image[:, 16:].sum()
+    assert left > 5 * right  # chest wall on the left
+    # 96x64 film: breast area ~ pi/4 * 0.7*64 * 0.84*96 / 2 ... scaled by (32/96)^2
+    expected_area = np.pi * (0.7 * 64) * (0.42 * 96) / 2 * (32 / 96) ** 2
+    assert prepared.mask.sum() == pytest.approx(expected_area, rel=0.15)
+
+
+def test_prepare_image_rejects_clips_and_keeps_clean_films() -> None:
+    settings = PreprocessSettings(resolution=32, clip_min_area_px=4)
+    film = phantom(height=192, width=128)
+    assert prepare_image(_raw(film), settings).mask.any()
+    film[80:85, 30:35] = 4095  # a 5x5 metal-bright clip inside the breast
+    with pytest.raises(RejectedInput, match="surgical clip or marker detected"):
+        prepare_image(_raw(film), settings)
+    relaxed = PreprocessSettings(resolution=32, exclude_clips=False)
+    assert prepare_image(_raw(film), relaxed).mask.any()
+
+
+def test_uniform_image_is_rejected_with_empty_mask() -> None:
+    with pytest.raises(RejectedInput, match="empty breast mask"):
+        prepare_image(_raw(np.zeros((64, 64), np.uint16)), PreprocessSettings(resolution=32))
+
+
+def test_lesion_circle_lands_at_transformed_position() -> None:
+    settings = PreprocessSettings(resolution=48)
+    film = phantom(height=96, width=64, right=True)
+    circles = np.array([[50.0, 48.0, 6.0]])  # x, y, r in raw coordinates (top-left origin)
+    prepared = prepare_image(_raw(film, laterality="R"), settings, lesion_circles=circles)
+    x, y, r = prepared.lesions[0]
+    assert (x, y, r) == pytest.approx(((63 - 50 + 0.5) * 0.5 - 0.5, (48 + 0.5) * 0.5 - 0.5, 3.0))
+    assert prepared.lesion_mask[round(y), round(x)] and prepared.mask[round(y), round(x)]
+    assert prepared.lesion_mask.sum() == pytest.approx(np.pi * 9, rel=0.35)
