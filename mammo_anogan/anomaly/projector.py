@@ -245,7 +245,9 @@ class Projector:
     def _synthesize(self, ws: torch.Tensor, noises: list[torch.Tensor]) -> torch.Tensor:
         context = torch.autocast("cuda", dtype=torch.bfloat16) if self._autocast else contextlib.nullcontext()
         with context:
-            images = self._synthesis(ws, noise=noises)
+            # Input-scaling modulation (not grouped convolutions): with B*N samples per batch one
+            # shared-weight convolution is much faster than B*N groups (2.5x measured on CPU).
+            images = self._synthesis(ws, noise=noises, fused_modconv=False)
         return images.float()
 
     def _broadcast(self, w: torch.Tensor) -> torch.Tensor:
