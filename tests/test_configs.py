@@ -76,9 +76,9 @@ def test_multirun_and_optuna_search_compose() -> None:
             overrides=missing_group_overrides() + ["+experiment=demo", "hparams_search=optuna"],
             return_hydra_config=True,
         )
-    assert cfg.optimized_metric == "fidelity/swd"
+    assert cfg.optimized_metric == "fidelity/frd"
     assert cfg.hydra.sweeper.direction == "minimize"
-    assert "model.loss.r1_gamma" in cfg.hydra.sweeper.params
+    assert "model.r1_gamma" in cfg.hydra.sweeper.params
 
 
 @pytest.mark.skipif(not (CONFIG_DIR / "score.yaml").is_file(), reason="no score.yaml")

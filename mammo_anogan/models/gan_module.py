@@ -189,6 +189,7 @@ class StyleGAN2Module(LightningModule):
             ``target``, ``interval``, ``kimg``, ``initial_p``, ``pipe`` (:class:`AugmentPipe` kwargs).
         total_kimg: training length; the module asks the trainer to stop once it is reached.
         batch_size: per-device batch (for ``r1_gamma="auto"`` before the first batch is seen).
+        r1_gamma: shortcut for ``loss.r1_gamma`` (so sweeps read ``-m model.r1_gamma=1,5,10``).
         num_train_images: training-set size for ``ada.enabled="auto"`` (else read from the datamodule).
         compile: ``torch.compile`` the networks for the main (non-regularisation) phases.
         on_nonfinite: a NaN/Inf loss or gradient ``"stop"``s training with :class:`NonFiniteError`
@@ -209,6 +210,7 @@ class StyleGAN2Module(LightningModule):
         num_train_images: int | None = None,
         compile: bool = False,
         on_nonfinite: str = "stop",
+        r1_gamma: float | str | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -216,6 +218,8 @@ class StyleGAN2Module(LightningModule):
         discriminator_cfg = dict(_plain(discriminator))
         self.optimizer_cfg = _with_defaults("optimizer", OPTIMIZER_DEFAULTS, optimizer)
         self.loss_cfg = _with_defaults("loss", LOSS_DEFAULTS, loss)
+        if r1_gamma is not None:  # top-level shortcut (`model.r1_gamma=...`) wins over loss.r1_gamma
+            self.loss_cfg["r1_gamma"] = r1_gamma
         self.ema_cfg = _with_defaults("ema", EMA_DEFAULTS, ema)
         self.ada_cfg = _with_defaults("ada", ADA_DEFAULTS, ada)
         self.save_hyperparameters(
