@@ -31,6 +31,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 import mammo_anogan.utils.config  # noqa: F401  (registers the resolvers before Hydra composes)
+from mammo_anogan.config_schema import validate_prepare_config
 from mammo_anogan.data.manifest import (
     MANIFEST_FILE,
     OUTPUT_FOLDERS,
@@ -47,10 +48,11 @@ from mammo_anogan.data.readers import (
     list_folder_inputs,
     list_mias_inputs,
     load_item,
+    silence_decoder_logs,
 )
 from mammo_anogan.utils.errors import ConfigError, UserError, exit_on_user_error
 from mammo_anogan.utils.hashing import SALT_FILE, load_or_create_salt, salted_hash
-from mammo_anogan.utils.io import atomic_write_text
+from mammo_anogan.utils.io import atomic_write_text, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +87,13 @@ class PrepareResult:
     summary: str
 
 
-class FileTimeout(Exception):
-    """Raised by the per-file timer."""
+class FileTimeout(BaseException):  # noqa: N818 - a signal, like KeyboardInterrupt
+    """Raised by the per-file timer.
+
+    A ``BaseException`` on purpose: the readers catch ``Exception`` broadly to turn any parser
+    failure into a rejection reason, which would otherwise swallow the timeout (a file blocked in
+    ``open()`` would be reported as corrupt and the limit would stop working for it).
+    """
 
 
 @contextlib.contextmanager
@@ -190,6 +197,7 @@ def _init_worker(job: JobSettings) -> None:
     import cv2
 
     cv2.setNumThreads(1)
+    silence_decoder_logs()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER_JOB = job
 
@@ -323,6 +331,7 @@ def _progress(enabled: bool, total: int) -> Any:
 
 def prepare_dataset(cfg: DictConfig) -> PrepareResult:
     """Run the whole preparation described by ``cfg`` (the composed ``prepare`` config)."""
+    validate_prepare_config(cfg)  # one-line ConfigError naming the key, before any file is read
     out_dir = Path(str(cfg.prepare.out_dir)).expanduser()
     if bool(cfg.prepare.get("overwrite", False)):
         _clear_outputs(out_dir)
@@ -331,6 +340,9 @@ def prepare_dataset(cfg: DictConfig) -> PrepareResult:
     if first is None:
         raise UserError("data.source holds no input to prepare")
     out_dir.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temp_files(out_dir)  # temp files of atomic writes cut short by a kill
+    if stale:
+        log.info("removed %d stale temporary file(s) left by an interrupted run", stale)
     salt = load_or_create_salt(out_dir, seed=cfg.prepare.get("salt_seed"))
     config = sanitised_config(cfg, salt)
     _check_compatible(out_dir, config)
@@ -397,6 +409,7 @@ def _chain(first: InputItem, rest: Iterator[InputItem]) -> Iterator[InputItem]:
 @exit_on_user_error
 def run(cfg: DictConfig) -> PrepareResult:
     """The task body: :func:`prepare_dataset` with user errors turned into one line + exit 2."""
+    silence_decoder_logs()
     result = prepare_dataset(cfg)
     print(result.summary)
     return result

@@ -45,6 +45,8 @@ from mammo_anogan.anomaly.projector import ProjectionSettings
 from mammo_anogan.anomaly.scoring import SCORE_METHODS
 from mammo_anogan.config_schema import validate_score_config
 from mammo_anogan.utils.errors import ConfigError, UserError, exit_on_user_error
+from mammo_anogan.utils.io import remove_stale_temp_files
+from mammo_anogan.utils.privacy import dataset_salt, save_sanitised_config, wandb_privacy_settings
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +287,7 @@ def log_to_wandb(run_dir: Path, cfg: DictConfig, metrics: dict[str, Any], figure
 
     os.environ.setdefault("WANDB_MODE", "offline" if logger_cfg.get("offline", True) else "online")
     run = wandb.init(
+        settings=wandb.Settings(**wandb_privacy_settings()),  # no command line (data.source) or host
         project=str(logger_cfg.get("project", "mammo_anogan")),
         dir=str(run_dir),
         job_type="score",
@@ -322,6 +325,9 @@ def run_score(
     if cfg.score.threshold_from:
         threshold_record = read_threshold(cfg.score.threshold_from, generator_hash, str(cfg.score.method))
     loss_fn = build_loss(cfg, lpips_net)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # all checks passed; no row or map yet
+        remove_stale_temp_files(run_dir)  # left by a kill during an atomic write of a resumed run
+        save_sanitised_config(cfg, run_dir, dataset_salt(cfg.data.dataset_dir))
     seed_everything(int(cfg.seed), verbose=False)
     datamodule = MammoDataModule.from_config(cfg.data)
     datamodule.setup()

@@ -33,7 +33,8 @@ from mammo_anogan.config_schema import validate_train_config
 from mammo_anogan.training.nonfinite import check_finite_weights
 from mammo_anogan.training.preemption import PreemptionCheckpoint
 from mammo_anogan.utils.errors import ConfigError, UserError, exit_on_user_error
-from mammo_anogan.utils.io import atomic_torch_save, safe_torch_load
+from mammo_anogan.utils.io import atomic_torch_save, remove_stale_temp_files, safe_torch_load
+from mammo_anogan.utils.privacy import dataset_salt, save_sanitised_config
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +286,10 @@ def train(cfg: DictConfig) -> float | None:
     validate_train_config(cfg)  # one-line ConfigError before any data or device work
     run_dir = run_dir_of(cfg)
     pl.seed_everything(int(cfg.get("seed", 0)), workers=True)
-    ensure_prepared_dataset(cfg)
+    dataset_dir = ensure_prepared_dataset(cfg)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # before any rank writes a checkpoint
+        remove_stale_temp_files(run_dir / CHECKPOINT_DIR)  # left by a kill during an atomic save
+        save_sanitised_config(cfg, run_dir, dataset_salt(dataset_dir))  # no raw data.source
     datamodule = MammoDataModule.from_config(cfg.data)
     datamodule.setup("fit")
     num_train_images = len(datamodule.dataset("train"))

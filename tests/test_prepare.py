@@ -107,11 +107,11 @@ def test_resume_refuses_other_settings(real_prepared: Path, mammograms_dir: Path
 def test_folder_reader_png_with_lesion_mask(tmp_path: Path) -> None:
     source = tmp_path / "raw"
     source.mkdir()
-    yy, xx = np.mgrid[0:80, 0:60]
-    breast = ((xx - 59) / 40.0) ** 2 + ((yy - 40) / 30.0) ** 2 <= 1  # right breast (edge at x=59)
+    yy, xx = np.mgrid[0:64, 0:48]  # resolution 32: scale 0.5 (prepare needs a power of two)
+    breast = ((xx - 47) / 32.0) ** 2 + ((yy - 32) / 24.0) ** 2 <= 1  # right breast (edge at x=47)
     film = np.where(breast, 30000 + 100 * yy, 0).astype(np.uint16)  # 16-bit -> fallback window
-    lesion = np.zeros((80, 60), np.uint8)
-    lesion[36:44, 44:52] = 255  # centre (47.5, 39.5) in raw pixels
+    lesion = np.zeros((64, 48), np.uint8)
+    lesion[28:36, 32:40] = 255  # centre (35.5, 31.5) in raw pixels
     cv2.imwrite(str(source / "a.png"), film)
     cv2.imwrite(str(source / "a_lesion.png"), lesion)
     cv2.imwrite(str(source / "b.png"), np.where(breast[:, ::-1], 200, 0).astype(np.uint8))
@@ -127,7 +127,7 @@ def test_folder_reader_png_with_lesion_mask(tmp_path: Path) -> None:
         [
             "data=folder",
             f"data.source={source}",
-            "data.resolution=40",
+            "data.resolution=32",
             f"prepare.out_dir={out}",
             "prepare.workers=0",
         ]
@@ -141,8 +141,8 @@ def test_folder_reader_png_with_lesion_mask(tmp_path: Path) -> None:
     assert a["flipped"] == "True" and a["window_source"] == "fallback_breast_percentile"
     assert b["flipped"] == "False" and b["window_source"] == "none"
     assert a["patient_id"] == b["patient_id"]
-    # raw centre x 47.5 -> flipped 59 - 47.5 = 11.5; scale 40/80: (11.5 + 0.5) * 0.5 - 0.5 = 5.5
+    # raw centre x 35.5 -> flipped 47 - 35.5 = 11.5; scale 32/64: (11.5 + 0.5) * 0.5 - 0.5 = 5.5
     assert float(a["lesion_x"]) == pytest.approx(5.5, abs=0.3)
-    assert float(a["lesion_y"]) == pytest.approx((39.5 + 0.5) * 0.5 - 0.5, abs=0.3)
+    assert float(a["lesion_y"]) == pytest.approx((31.5 + 0.5) * 0.5 - 0.5, abs=0.3)
     lesion_out = cv2.imread(str(out / a["lesion_mask_path"]), cv2.IMREAD_GRAYSCALE)
     assert (lesion_out > 0).sum() == 16  # 8x8 raw pixels at half scale

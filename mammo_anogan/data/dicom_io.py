@@ -55,14 +55,50 @@ _VIEW_CODES = {
 _CBIS_PATIENT = re.compile(r"^(?:Calc|Mass)-(?:Test|Training)_(P_\d+)_(?:LEFT|RIGHT)_(?:CC|MLO)", re.I)
 
 
+_QUOTED = re.compile(r"b?'[^']*'" + r'|b?"[^"]*"')
+_SAFE_TOKEN = re.compile(r"[A-Z][A-Z0-9_ ]{0,15}")
+_ELEMENT_NAMES: frozenset[str] | None = None
+
+
+def _element_names() -> frozenset[str]:
+    """Names of the standard DICOM elements ('Bits Stored', ...): quoting them reveals nothing."""
+    global _ELEMENT_NAMES
+    if _ELEMENT_NAMES is None:
+        from pydicom.datadict import DicomDictionary
+
+        _ELEMENT_NAMES = frozenset(entry[2] for entry in DicomDictionary.values())
+    return _ELEMENT_NAMES
+
+
+def _redact_quoted(match: re.Match[str]) -> str:
+    """Keep a quoted element name or small number; anything else could be a header value."""
+    inner = match.group(0).lstrip("b")[1:-1]
+    if inner in _element_names() or (inner.isdigit() and len(inner) <= 4):
+        return match.group(0)
+    return "'...'"
+
+
 def _short(err: BaseException, *secrets_to_hide: str) -> str:
-    """First line of an exception message, without paths, capped in length."""
+    """First line of an exception message, capped in length, without paths or quoted header values.
+
+    Parser messages can quote raw bytes of a damaged header, which may hold a patient's name or ID.
+    """
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     for secret in secrets_to_hide:
         if secret:
             text = text.replace(secret, "<file>")
+    text = _QUOTED.sub(_redact_quoted, text)
     text = f"{type(err).__name__}: {text}" if text else type(err).__name__
     return text[:160]
+
+
+def safe_token(value: str) -> str:
+    """``value`` when it looks like a DICOM code string (``MG``, ``MONOCHROME2``), else ``invalid``.
+
+    Why: a damaged length field makes a code string swallow the following elements (patient name,
+    ID, UIDs); echoing it into ``rejected.csv`` would leak them.
+    """
+    return value if _SAFE_TOKEN.fullmatch(value) else "invalid"
 
 
 def read_header(path: Path) -> Dataset:
@@ -91,11 +127,26 @@ def read_header(path: Path) -> Dataset:
     raise RejectedInput("not a DICOM file")
 
 
+def transfer_syntax(dataset: Dataset) -> pydicom.uid.UID | None:
+    """The file's transfer syntax UID; a damaged or unknown one is a rejection, not a ValueError."""
+    syntax = dataset.file_meta.get("TransferSyntaxUID") if hasattr(dataset, "file_meta") else None
+    if syntax is None:
+        return None
+    try:
+        known = syntax.is_transfer_syntax  # raises ValueError for private (e.g. bit-flipped) UIDs
+    except ValueError:
+        known = False
+    if not known:
+        raise RejectedInput("invalid or unknown transfer syntax UID in the file meta header")
+    return syntax
+
+
 def check_image_header(dataset: Dataset, modalities: list[str], max_pixels: int) -> None:
     """Reject, from the header alone, anything that is not a decodable single 2-D grayscale image."""
     modality = str(dataset.get("Modality", "") or "").upper()
     if modalities and modality not in {m.upper() for m in modalities}:
-        raise RejectedInput(f"modality {modality or 'missing'} not in [{', '.join(modalities)}]")
+        shown = safe_token(modality) if modality else "missing"
+        raise RejectedInput(f"modality {shown} not in [{', '.join(modalities)}]")
     sop_class = dataset.get("SOPClassUID")
     sop_name = getattr(sop_class, "name", str(sop_class or "unknown"))
     if any(word in sop_name for word in _NON_IMAGE_SOP_WORDS):
@@ -113,8 +164,8 @@ def check_image_header(dataset: Dataset, modalities: list[str], max_pixels: int)
         raise RejectedInput(f"multi-frame DICOM ({frames} frames) is not supported")
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise RejectedInput(f"photometric interpretation {photometric} is not grayscale")
-    syntax = dataset.file_meta.get("TransferSyntaxUID") if hasattr(dataset, "file_meta") else None
+        raise RejectedInput(f"photometric interpretation {safe_token(photometric)} is not grayscale")
+    syntax = transfer_syntax(dataset)
     if syntax is not None and syntax.is_compressed:
         try:
             decoder = get_decoder(syntax)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,8 +250,15 @@ def _decode_image_bytes(path: Path, flags: int) -> np.ndarray | None:
 def read_image_file(path: Path, max_pixels: int) -> np.ndarray:
     """Decode a PNG / PGM / TIFF / JPEG as a 2-D 8- or 16-bit array; size checked before decoding."""
     try:
-        with Image.open(path) as probe:
-            width, height = probe.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's metadata warnings; real failures become reasons
+            with Image.open(path) as probe:  # lazy: reads the header only
+                width, height = probe.size
+    except Image.DecompressionBombError as err:
+        # PIL refuses headers over 2 x MAX_IMAGE_PIXELS (~179 M) itself; keep the size reason.
+        declared = re.search(r"\((\d+) pixels\)", str(err))
+        count = declared.group(1) if declared else f"over {2 * (Image.MAX_IMAGE_PIXELS or 0)}"
+        raise RejectedInput(f"declares {count} pixels (over max_pixels {max_pixels})") from None
     except Exception as err:  # noqa: BLE001 - unreadable header
         raise RejectedInput(f"unreadable image file ({type(err).__name__})") from None
     if width * height > max_pixels:
@@ -269,6 +277,14 @@ def read_image_file(path: Path, max_pixels: int) -> np.ndarray:
     if pixels.dtype not in (np.uint8, np.uint16):
         raise RejectedInput(f"unsupported pixel type {pixels.dtype} (expected 8- or 16-bit grayscale)")
     return pixels
+
+
+def silence_decoder_logs() -> None:
+    """Turn OpenCV's own decoder log lines off: each failure already becomes a rejection reason.
+
+    Without this, a folder of broken files floods the terminal with ``imdecode_`` errors.
+    """
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 def _raw_from_image(pixels: np.ndarray) -> RawImage:

@@ -51,6 +51,31 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     return path
 
 
+def remove_stale_temp_files(directory: str | os.PathLike[str], recursive: bool = True) -> int:
+    """Delete ``.<name>.<random>.tmp`` files that a killed atomic write left behind; returns the count.
+
+    Why: :func:`atomic_write_bytes` removes its temp file on any Python exception, but a SIGKILL or a
+    power cut between ``mkstemp`` and ``os.replace`` leaves it. Such a file is never read (the target
+    is either the old or the new complete file), it only wastes space, and checkpoints make it large;
+    runs call this at start-up when they resume in the same folder. Only files matching the exact
+    temp-name pattern are touched. Call it before the run starts writing: a concurrent writer's live
+    temp file would look stale too.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        return 0
+    candidates = root.rglob(".*.tmp") if recursive else root.glob(".*.tmp")
+    removed = 0
+    for path in candidates:
+        if path.is_file() and not path.is_symlink():
+            try:
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return atomic_write_bytes(path, text.encode("utf-8"))
@@ -141,4 +166,5 @@ def safe_torch_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             f"(weights_only=True rejected it: {first})"
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}".splitlines()[0]) from err
+        message = f"cannot read checkpoint {path}: {type(err).__name__}: {err}"
+        raise UserError(message.splitlines()[0]) from err
