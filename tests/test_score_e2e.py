@@ -149,7 +149,7 @@ def test_generator_that_does_not_match_the_dataset_is_refused(workspace, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.slow  # a Hydra subprocess: ~20 s on 2 busy cores
+# A Hydra multirun subprocess (~15-20 s): kept in the default tier, it is the Table-1-over-N contract.
 def test_multirun_over_seed_counts_writes_table(workspace, tmp_path) -> None:
     sweep = tmp_path / "sweep"
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
