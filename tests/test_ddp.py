@@ -56,6 +56,8 @@ SCRIPT = textwrap.dedent(
             "G": torch.cat([p.detach().flatten() for p in module.G.parameters()]),
             "D": torch.cat([p.detach().flatten() for p in module.D.parameters()]),
             "G_ema": torch.cat([p.detach().flatten() for p in module.G_ema.parameters()]),
+            # Buffers too: w_avg is updated from each rank's own latents and must be averaged.
+            "G_buffers": torch.cat([b.detach().float().flatten() for b in module.G.buffers()]),
             "pl_mean": module.path_length.pl_mean.clone(),
             "ada_p": module.augment_pipe.p.clone(),
             "cur_nimg": module.cur_nimg,
@@ -88,6 +90,6 @@ def test_two_process_cpu_ddp_stays_in_sync(tmp_path: Path) -> None:
     assert ranks[0]["iterations"] == 3
     # Different data and latents per rank, yet identical weights: gradients, the path-length mean
     # and the ADA statistics were all-reduced.
-    for key in ("G", "D", "G_ema", "pl_mean", "ada_p"):
+    for key in ("G", "D", "G_ema", "G_buffers", "pl_mean", "ada_p"):
         torch.testing.assert_close(ranks[0][key], ranks[1][key], rtol=0, atol=0, msg=key)
     assert ranks[0]["pl_mean"].item() > 0 and ranks[0]["ada_p"].item() > 0

@@ -25,6 +25,7 @@ from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, get_worker_info
 
 from mammo_anogan.data.dataset import CachedMammoDataset, collate_batches, decode_all, to_unit_range
+from mammo_anogan.data.sampler import ResumableDataLoader, ResumableShuffleSampler
 from mammo_anogan.data.splits import SPLIT_NAMES, ensure_splits, read_manifest
 from mammo_anogan.utils.errors import UserError
 
@@ -115,6 +116,7 @@ class MammoDataModule(LightningDataModule):
         self.resize = bool(resize)
         self.splits: pd.DataFrame | None = None
         self._datasets: dict[str, CachedMammoDataset] = {}
+        self.shuffle_seed = 0  # drawn in setup() from torch's RNG, so it follows seed_everything
 
     @classmethod
     def from_config(cls, data_cfg: Any) -> MammoDataModule:
@@ -158,6 +160,7 @@ class MammoDataModule(LightningDataModule):
         manifest = manifest.merge(self.splits[["image_id", "split"]], on="image_id", how="left")
         images, masks, lesions = self._load_arrays(manifest)
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # follows torch's seed (seed_everything)
+        self.shuffle_seed = seed
         for name in SPLIT_NAMES:
             rows = np.flatnonzero((manifest["split"] == name).to_numpy())
             self._datasets[name] = CachedMammoDataset(
@@ -217,35 +220,56 @@ class MammoDataModule(LightningDataModule):
             raise UserError(f"the {split} split of {self.dataset_dir} has no images")
         return to_unit_range(images.unsqueeze(1))
 
-    def _loader(self, split: str, shuffle: bool, drop_last: bool = False) -> DataLoader:
-        dataset = self.dataset(split)
+    def _loader_options(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory and torch.cuda.is_available(),
+            "persistent_workers": self.persistent_workers and self.num_workers > 0,
+            "collate_fn": collate_batches,
+            "worker_init_fn": _seed_worker if self.num_workers > 0 else None,
+        }
+
+    def _loader(self, split: str) -> DataLoader:
+        """An evaluation loader: fixed order, every image once."""
         return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-            collate_fn=collate_batches,
-            worker_init_fn=_seed_worker if self.num_workers > 0 else None,
+            self.dataset(split), batch_size=self.batch_size, shuffle=False, **self._loader_options()
         )
 
-    def train_dataloader(self) -> DataLoader:
-        """Normals only, shuffled; drops the last partial batch only when there is more than one batch."""
-        size = len(self.dataset("train"))
-        if size == 0:
+    def train_dataloader(self) -> ResumableDataLoader:
+        """Normals only, shuffled; drops the last partial batch only when there is more than one batch.
+
+        The order is a function of (seed, epoch) and the loader's position is checkpointed, so a run
+        resumed from a checkpoint taken mid-epoch sees exactly the batches the uninterrupted run would
+        (see :mod:`mammo_anogan.data.sampler`). Under DDP each rank reads its own shard.
+        """
+        dataset = self.dataset("train")
+        num_replicas, rank = _distributed_world()
+        per_rank = len(dataset) // num_replicas
+        if per_rank == 0:
             raise UserError(
-                f"the train split of {self.dataset_dir} is empty (train holds normal images only): "
-                "add normal images or lower data.split.val_fraction/test_fraction"
+                f"the train split of {self.dataset_dir} has {len(dataset)} image(s) for {num_replicas} "
+                "device(s) (train holds normal images only): add normal images or lower "
+                "data.split.val_fraction/test_fraction"
             )
-        return self._loader("train", shuffle=True, drop_last=size > self.batch_size)
+        sampler = ResumableShuffleSampler(
+            dataset, batch_size=self.batch_size, seed=self.shuffle_seed, num_replicas=num_replicas, rank=rank
+        )
+        return ResumableDataLoader(
+            dataset, sampler, drop_last=per_rank > self.batch_size, **self._loader_options()
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
     def predict_dataloader(self, split: str = "test") -> DataLoader:
-        return self._loader(split, shuffle=False)
+        return self._loader(split)
+
+
+def _distributed_world() -> tuple[int, int]:
+    """``(world size, rank)`` of the initialised process group, ``(1, 0)`` without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0

@@ -505,6 +505,7 @@ class StyleGAN2Module(LightningModule):
         """G_ema, image counter, ADA and logging; a skipped minibatch still counts as shown (kimg advances,
         so a run that keeps meeting NaN still ends) but leaves G_ema and ADA untouched."""
         _requires_grad(self.D, False)
+        self._sync_w_avg()
         if skipped:
             self.cur_nimg += global_batch
             self.num_iterations += 1
@@ -528,6 +529,19 @@ class StyleGAN2Module(LightningModule):
         self.log(
             "train/loss_g_bar", logs["train/loss_g"], prog_bar=True, logger=False, batch_size=local_batch
         )
+
+    def _sync_w_avg(self) -> None:
+        """Average G's running mean of w over ranks (after phase 1 updated it from local latents).
+
+        The update is linear in the batch mean, so the average equals the single-device update with the
+        global batch. Without it every rank drifts to its own ``w_avg`` (and ``G_ema`` copies it), and a
+        resumed run, which loads rank 0's copy on every rank, would no longer match the interrupted one.
+        """
+        world = _world_size()
+        if world > 1:
+            w_avg = self.G.mapping.w_avg
+            torch.distributed.all_reduce(w_avg)
+            w_avg /= world
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.cur_nimg >= self.total_kimg * 1000:
