@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install demo test test-all lint format prepare train score bench clean
+.PHONY: install demo test test-all lint format prepare train score bench clean distclean
 
 install: $(STAMP)
 
@@ -53,9 +53,12 @@ bench: install
 	$(PY) bench/train.py
 	$(PY) bench/score.py
 
-clean:
-	rm -rf outputs multirun wandb lightning_logs .pytest_cache build *.egg-info
+# `clean` depends on `install` like every user-facing target (as specified); `distclean` also removes the venv.
+CLEAN_PATHS := outputs multirun wandb lightning_logs .pytest_cache build *.egg-info
+clean: install
+	rm -rf $(CLEAN_PATHS)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-distclean: clean
-	rm -rf $(VENV)
+distclean:
+	rm -rf $(CLEAN_PATHS) $(VENV)
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
