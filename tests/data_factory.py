@@ -16,28 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mammo_anogan.data.manifest import MANIFEST_COLUMNS
 from mammo_anogan.utils.hashing import load_or_create_salt, salted_hash
 from mammo_anogan.utils.io import atomic_write_csv
-
-MANIFEST_COLUMNS = (
-    "image_id",
-    "patient_id",
-    "source",
-    "laterality",
-    "view",
-    "label",
-    "breast_area_px",
-    "image_path",
-    "mask_path",
-    "lesion_mask_path",
-    "lesion_x",
-    "lesion_y",
-    "lesion_radius",
-    "window_center",
-    "window_width",
-    "window_source",
-    "flipped",
-)
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
