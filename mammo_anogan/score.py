@@ -176,8 +176,8 @@ def _localization(run_dir: Path, test: pd.DataFrame) -> dict[str, float]:
     from mammo_anogan.evaluation.localization import hit_rate, pixel_auroc
 
     maps, lesions, masks = [], [], []
-    for image_id in test["image_id"]:
-        arrays = load_image_arrays(map_path(run_dir, "test", image_id))
+    for split, image_id in zip(test["split"], test["image_id"]):  # the evaluated split, not always test
+        arrays = load_image_arrays(map_path(run_dir, split, image_id))
         if "lesion_mask" in arrays and arrays["lesion_mask"].any():
             maps.append(arrays["abs_map"][0])
             lesions.append(arrays["lesion_mask"][0])

@@ -168,3 +168,15 @@ def test_multirun_over_seed_counts_writes_table(workspace, tmp_path) -> None:
     rows = list(csv.DictReader((sweep / "table.csv").open()))
     assert [row["num_seeds"] for row in rows] == ["1", "2"]
     assert (sweep / "table.md").read_text().count("| 1 |") >= 1
+
+
+def test_single_split_run_localises_on_that_split(workspace, tmp_path) -> None:
+    """``score.splits=[val]`` reads the maps it wrote under val/ (localisation once read test/ only)."""
+    from mammo_anogan.score import run_score
+
+    run_dir = tmp_path / "val_only"
+    metrics = run_score(_compose(workspace, "score.splits=[val]", "score.figures=false"), run_dir)
+    rows = _rows(run_dir)
+    assert rows and {row["split"] for row in rows} == {"val"}
+    assert 0.0 <= metrics["pixel_auroc"] <= 1.0
+    assert 0.0 <= metrics["hit_rate"] <= 1.0
