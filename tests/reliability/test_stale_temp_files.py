@@ -50,3 +50,15 @@ def test_only_hidden_temp_files_are_removed_recursively(tmp_path: Path) -> None:
     assert all(path.exists() for path in keep) and not any(path.exists() for path in stale)
     assert (tmp_path / ".dir.tmp").is_dir()
     assert remove_stale_temp_files(tmp_path / "missing") == 0
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path) -> None:
+    """mkstemp makes 0600 files; outputs shared on a cluster must follow the umask like open() does."""
+    import os
+
+    from mammo_anogan.utils.io import atomic_write_text
+
+    path = atomic_write_text(tmp_path / "shared.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
