@@ -129,3 +129,31 @@ def make_prepared_dataset(
                 )
     atomic_write_csv(root / "manifest.csv", rows, MANIFEST_COLUMNS)
     return root
+
+
+def make_scoring_workspace(
+    root: Path, *, z_dim: int = 32, channel_base: int = 256, channel_max: int = 32, mapping_layers: int = 2
+) -> dict[str, Path]:
+    """A 32 px prepared dataset (8 normal + 8 abnormal patients) and a seeded random tiny generator.
+
+    What every scoring test needs: ``{"root", "dataset", "generator"}`` with ``generator.pt`` exported
+    through ``save_network`` exactly as training exports it.
+    """
+    import torch
+
+    from mammo_anogan.models.stylegan2 import Generator, save_network
+
+    dataset = make_prepared_dataset(
+        root / "dataset", n_normal_patients=8, n_abnormal_patients=8, resolution=32
+    )
+    torch.manual_seed(0)
+    generator = Generator(
+        z_dim=z_dim,
+        w_dim=z_dim,
+        img_resolution=32,
+        channel_base=channel_base,
+        channel_max=channel_max,
+        mapping_layers=mapping_layers,
+    )
+    save_network(generator, root / "generator.pt")
+    return {"root": root, "dataset": dataset, "generator": root / "generator.pt"}

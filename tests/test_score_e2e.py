@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from data_factory import make_prepared_dataset
+from data_factory import make_scoring_workspace
 from hydra import compose, initialize_config_dir
 
 import mammo_anogan.utils.config  # noqa: F401
@@ -24,19 +23,7 @@ METRIC_KEYS = ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv")
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from mammo_anogan.models.stylegan2.export import save_network
-    from mammo_anogan.models.stylegan2.generator import Generator
-
-    root = tmp_path_factory.mktemp("score")
-    dataset = make_prepared_dataset(
-        root / "dataset", n_normal_patients=8, n_abnormal_patients=8, resolution=32
-    )
-    torch.manual_seed(0)
-    generator = Generator(
-        z_dim=32, w_dim=32, img_resolution=32, channel_base=256, channel_max=32, mapping_layers=2
-    )
-    save_network(generator, root / "generator.pt")
-    return {"root": root, "dataset": dataset, "generator": root / "generator.pt"}
+    return make_scoring_workspace(tmp_path_factory.mktemp("score"))
 
 
 def _overrides(workspace: dict[str, Path], *extra: str) -> list[str]:

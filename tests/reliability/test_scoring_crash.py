@@ -12,13 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from data_factory import make_prepared_dataset
+from data_factory import make_scoring_workspace
 from hydra import compose, initialize_config_dir
 from reliability_helpers import spawn_entry, wait_for
 
 import mammo_anogan.utils.config  # noqa: F401  (resolvers first)
 from mammo_anogan.anomaly.outputs import SCORES_FILE, load_image_arrays, map_path
-from mammo_anogan.models.stylegan2 import Generator, save_network
 from mammo_anogan.score import run_score
 from mammo_anogan.utils.config import CONFIG_DIR
 
@@ -27,16 +26,9 @@ SCORE_COLUMNS_COMPARED = ["split", "image_id", "label", "score", "score_mean_map
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("score_crash")
-    dataset = make_prepared_dataset(
-        root / "dataset", n_normal_patients=8, n_abnormal_patients=8, resolution=32
+    return make_scoring_workspace(
+        tmp_path_factory.mktemp("score_crash"), z_dim=16, channel_base=128, channel_max=16, mapping_layers=1
     )
-    torch.manual_seed(0)
-    generator = Generator(
-        z_dim=16, w_dim=16, img_resolution=32, channel_base=128, channel_max=16, mapping_layers=1
-    )
-    save_network(generator, root / "generator.pt")
-    return {"root": root, "dataset": dataset, "generator": root / "generator.pt"}
 
 
 def _overrides(workspace: dict[str, Path], steps: int) -> list[str]:
