@@ -104,3 +104,50 @@ def test_lesion_circle_lands_at_transformed_position() -> None:
     assert (x, y, r) == pytest.approx(((63 - 50 + 0.5) * 0.5 - 0.5, (48 + 0.5) * 0.5 - 0.5, 3.0))
     assert prepared.lesion_mask[round(y), round(x)] and prepared.mask[round(y), round(x)]
     assert prepared.lesion_mask.sum() == pytest.approx(np.pi * 9, rel=0.35)
+
+
+def _film_with_thin_border(side: int = 512, border_px: int = 2) -> np.ndarray:
+    """An 8-bit left breast (half ellipse on the chest wall) plus a thin bright film border.
+
+    The border runs along the top edge and down the right edge, so it touches the breast where
+    the breast meets the top of the film, as the film frames on scanned mini-MIAS films do.
+    """
+    rows, cols = np.mgrid[0:side, 0:side]
+    breast = ((cols / (0.45 * side)) ** 2 + ((rows - side / 2) / (0.55 * side)) ** 2) <= 1
+    rng = np.random.default_rng(0)
+    film = np.where(breast, rng.integers(100, 200, (side, side)), 0).astype(np.uint8)
+    film[:border_px, :] = 255
+    film[:, side - border_px :] = 255
+    return film
+
+
+def test_small_outputs_get_their_mask_at_mask_side_so_thin_borders_detach() -> None:
+    raw = _raw(_film_with_thin_border(), laterality="L", view="MLO")
+    prepared = prepare_image(raw, PreprocessSettings(exclude_clips=False, resolution=64))  # mask_side 256 by default
+    assert not prepared.mask[:, 56:].any()  # the right-edge border is not breast
+    assert prepared.mask[32, :20].all()  # the chest-wall side is
+    expected_area = np.pi * (0.45 * 64) * (0.55 * 64) / 2
+    assert prepared.mask.sum() == pytest.approx(expected_area, rel=0.1)
+    # The old behaviour (mask computed on the 64 px image itself) keeps the border attached.
+    at_output = prepare_image(raw, PreprocessSettings(exclude_clips=False, resolution=64, mask_side=64))
+    assert at_output.mask[:, 60:].sum() > 50
+    # At or above mask_side the mask is computed on the output image itself.
+    large = prepare_image(raw, PreprocessSettings(exclude_clips=False, resolution=256))
+    assert np.array_equal(prepared.image, at_output.image)  # only the mask changes
+    assert not large.mask[:, 250:].any()
+
+
+def test_fixed_threshold_keeps_a_noisy_film_base_out_of_the_mask() -> None:
+    """mini-MIAS: black padding, a film base of grey 5-20 noise, then the breast (data/mias.yaml)."""
+    film = _film_with_thin_border(border_px=0)
+    rng = np.random.default_rng(1)
+    film_base = np.zeros(film.shape, bool)
+    film_base[40:470, :400] = True
+    film = np.where((film == 0) & film_base, rng.integers(5, 21, film.shape), film).astype(np.uint8)
+    raw = _raw(film, laterality="L", view="MLO")
+    triangle = prepare_image(raw, PreprocessSettings(exclude_clips=False, resolution=64, window_fallback="minmax"))
+    fixed = prepare_image(raw, PreprocessSettings(exclude_clips=False, resolution=64, window_fallback="minmax", mask_threshold=25))
+    dark = fixed.image < 25
+    assert (dark & triangle.mask).sum() > 0.1 * triangle.mask.sum()  # triangle takes the film base
+    assert (dark & fixed.mask).sum() < 0.02 * fixed.mask.sum()  # 25 does not
+    assert fixed.mask[32, :20].all()

@@ -233,6 +233,7 @@ class PreprocessSettings:
     pectoral_removal: bool = False
     exclude_clips: bool = True
     work_side: int = 512
+    mask_side: int = 256
     clip_margin: float = 0.5
     clip_min_area_px: int = 4
     clip_max_area_fraction: float = 0.02
@@ -268,6 +269,30 @@ def _fallback_window(raw: RawImage, modality_small: np.ndarray, rough: np.ndarra
         low, high = float(modality_small.min()), float(modality_small.max())
         return Window(center=(low + high) / 2.0, width=max(high - low, 1.0), source="fallback_minmax")
     raise RejectedInput(f"no window in the header and window_fallback={settings.window_fallback}")
+
+
+def breast_mask_for(
+    raw: RawImage,
+    display_table: np.ndarray,
+    flip: bool,
+    image: np.ndarray,
+    settings: PreprocessSettings,
+) -> np.ndarray:
+    """Breast mask of ``image``, computed at ``mask_side`` pixels when the output is smaller.
+
+    At 64 px a film border or a label is one or two pixels wide: the opening in
+    :func:`masks.breast_mask` (radius ``side // 200``) is zero there, so thin bright borders stay
+    attached to the breast (7 of the 246 mini-MIAS masks reached the film edge at 64 px). The mask
+    is therefore computed on a ``mask_side`` rendering of the same oriented, padded film and
+    area-downsampled (pixels at least half covered are breast).
+    """
+    resolution = settings.resolution
+    if resolution >= settings.mask_side:
+        return masks.breast_mask(image, settings.mask_threshold, settings.mask_method)
+    large = orient_pad_resize(apply_lut(display_table, raw.pixels), flip, settings.mask_side)
+    large_mask = masks.breast_mask(large, settings.mask_threshold, settings.mask_method)
+    coverage = cv2.resize(large_mask.astype(np.float32), (resolution, resolution), interpolation=cv2.INTER_AREA)
+    return coverage >= 0.5
 
 
 def prepare_image(
@@ -314,7 +339,7 @@ def prepare_image(
     flip = settings.flip_right and side == "R"
 
     image = orient_pad_resize(apply_lut(display_table, raw.pixels), flip, settings.resolution)
-    mask = masks.breast_mask(image, settings.mask_threshold, settings.mask_method)
+    mask = breast_mask_for(raw, display_table, flip, image, settings)
     pectoral_removed = False
     if settings.pectoral_removal and raw.view == "MLO":
         mask, pectoral_removed = masks.remove_pectoral(image, mask)
