@@ -298,7 +298,7 @@ def test_default_callback_and_logger_configs_instantiate(tmp_path: Path) -> None
     assert wandb_cfg.offline is True and wandb_cfg.project == "mammo_anogan"
     csv_cfg = OmegaConf.load(project_config.CONFIG_DIR / "logger" / "csv.yaml").csv
     csv_cfg.save_dir = str(tmp_path)
-    assert type(hydra.utils.instantiate(csv_cfg)).__name__ == "CSVLogger"
+    assert type(hydra.utils.instantiate(csv_cfg)).__name__ == "ResumableCSVLogger"
     assert not OmegaConf.load(project_config.CONFIG_DIR / "logger" / "none.yaml")
 
 

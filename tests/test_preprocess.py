@@ -123,7 +123,9 @@ def _film_with_thin_border(side: int = 512, border_px: int = 2) -> np.ndarray:
 
 def test_small_outputs_get_their_mask_at_mask_side_so_thin_borders_detach() -> None:
     raw = _raw(_film_with_thin_border(), laterality="L", view="MLO")
-    prepared = prepare_image(raw, PreprocessSettings(exclude_clips=False, resolution=64))  # mask_side 256 by default
+    prepared = prepare_image(
+        raw, PreprocessSettings(exclude_clips=False, resolution=64)
+    )  # mask_side 256 by default
     assert not prepared.mask[:, 56:].any()  # the right-edge border is not breast
     assert prepared.mask[32, :20].all()  # the chest-wall side is
     expected_area = np.pi * (0.45 * 64) * (0.55 * 64) / 2
@@ -145,8 +147,13 @@ def test_fixed_threshold_keeps_a_noisy_film_base_out_of_the_mask() -> None:
     film_base[40:470, :400] = True
     film = np.where((film == 0) & film_base, rng.integers(5, 21, film.shape), film).astype(np.uint8)
     raw = _raw(film, laterality="L", view="MLO")
-    triangle = prepare_image(raw, PreprocessSettings(exclude_clips=False, resolution=64, window_fallback="minmax"))
-    fixed = prepare_image(raw, PreprocessSettings(exclude_clips=False, resolution=64, window_fallback="minmax", mask_threshold=25))
+    triangle = prepare_image(
+        raw, PreprocessSettings(exclude_clips=False, resolution=64, window_fallback="minmax")
+    )
+    fixed = prepare_image(
+        raw,
+        PreprocessSettings(exclude_clips=False, resolution=64, window_fallback="minmax", mask_threshold=25),
+    )
     dark = fixed.image < 25
     assert (dark & triangle.mask).sum() > 0.1 * triangle.mask.sum()  # triangle takes the film base
     assert (dark & fixed.mask).sum() < 0.02 * fixed.mask.sum()  # 25 does not

@@ -291,7 +291,9 @@ def breast_mask_for(
         return masks.breast_mask(image, settings.mask_threshold, settings.mask_method)
     large = orient_pad_resize(apply_lut(display_table, raw.pixels), flip, settings.mask_side)
     large_mask = masks.breast_mask(large, settings.mask_threshold, settings.mask_method)
-    coverage = cv2.resize(large_mask.astype(np.float32), (resolution, resolution), interpolation=cv2.INTER_AREA)
+    coverage = cv2.resize(
+        large_mask.astype(np.float32), (resolution, resolution), interpolation=cv2.INTER_AREA
+    )
     return coverage >= 0.5
 
 
