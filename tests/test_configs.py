@@ -94,3 +94,16 @@ def test_experiment_composes_with_score_config(experiment: str, tmp_path: Path) 
             ],
         )
     assert cfg.data.resolution == cfg.model.generator.img_resolution
+
+
+def test_chunked_mias256_checkpoint_fits_the_64_mib_transfer_limit() -> None:
+    """mias256_chunked exists so last.ckpt can travel between 10-minute GPU chunks (<= 64 MiB)."""
+    cfg = compose_train(["+experiment=mias256_chunked", "data.source=/nonexistent"])
+    assert cfg.data.resolution == 256 and cfg.data.split.seed == 5  # everything else is mias256
+    model = hydra.utils.instantiate(cfg.model, _convert_="all")
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())  # G, D, G_ema
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    checkpoint_bytes = weights + 2 * trainable  # + Adam's two moments per trainable parameter
+    assert checkpoint_bytes < 48 * 2**20
+    full = compose_train(["+experiment=mias256", "data.source=/nonexistent"])
+    assert full.model.generator.channel_max > cfg.model.generator.channel_max
