@@ -165,8 +165,18 @@ def _labelled(frame: pd.DataFrame, comparison: str) -> tuple[pd.DataFrame, list[
     return kept, excluded
 
 
-def read_scores(run_dir: Path) -> pd.DataFrame:
+def read_scores(run_dir: Path, method: str | None = None) -> pd.DataFrame:
+    """``scores.csv`` with one row per image; ``score`` = the ``method``'s score when one is named.
+
+    Every row stores the map-based scores (mean_map, best_map, topk) beside the ``score`` of the
+    method used at projection time, so a resumed run with another ``score.method`` is evaluated on
+    that method's column instead of silently on the stale one (``perceptual`` has no column: it
+    uses ``score``).
+    """
     frame = pd.read_csv(run_dir / SCORES_FILE, dtype={"image_id": str, "note": str}, keep_default_na=False)
+    column = f"score_{method}"
+    if method is not None and column in frame.columns:
+        frame["score"] = frame[column]
     frame["score"] = pd.to_numeric(frame["score"], errors="coerce")
     # keep each image once: the re-scored row of a resumed run, or one copy of a DistributedSampler pad
     return frame.drop_duplicates(subset=["split", "image_id"], keep="last").reset_index(drop=True)
@@ -198,7 +208,7 @@ def evaluate_run(
     from mammo_anogan.evaluation.metrics import evaluate_protocol, evaluate_scores
 
     score_cfg = cfg.score
-    frame = read_scores(run_dir)
+    frame = read_scores(run_dir, str(cfg.score.method))
     kept, excluded = _labelled(frame, score_cfg.comparison)
     eval_split = "test" if "test" in score_cfg.splits else list(score_cfg.splits)[-1]
     test, val = kept[kept.split == eval_split], kept[kept.split == "val"]
@@ -242,7 +252,7 @@ def write_figures(run_dir: Path, metrics: dict[str, Any], cfg: DictConfig) -> li
     """ROC, score histogram and TP/FN/FP/TN panels of the evaluated split (skipped if impossible)."""
     from mammo_anogan.evaluation.figures import plot_case_panels, plot_roc, plot_score_histogram, select_cases
 
-    kept, _ = _labelled(read_scores(run_dir), cfg.score.comparison)
+    kept, _ = _labelled(read_scores(run_dir, str(cfg.score.method)), cfg.score.comparison)
     test = kept[kept.split == metrics["evaluated_split"]].reset_index(drop=True)
     threshold = float(metrics["threshold"])
     paths: list[Path] = []
@@ -298,7 +308,7 @@ def log_to_wandb(run_dir: Path, cfg: DictConfig, metrics: dict[str, Any], figure
     scalars = {key: value for key, value in metrics.items() if isinstance(value, (int, float))}
     run.log({f"score/{key}": value for key, value in scalars.items()})
     run.log({f"figures/{path.stem}": wandb.Image(str(path)) for path in figures})
-    run.log({"score/table": wandb.Table(dataframe=read_scores(run_dir))})
+    run.log({"score/table": wandb.Table(dataframe=read_scores(run_dir, str(cfg.score.method)))})
     run.finish()
 
 

@@ -167,3 +167,27 @@ def test_single_split_run_localises_on_that_split(workspace, tmp_path) -> None:
     assert rows and {row["split"] for row in rows} == {"val"}
     assert 0.0 <= metrics["pixel_auroc"] <= 1.0
     assert 0.0 <= metrics["hit_rate"] <= 1.0
+
+
+def test_resumed_run_with_another_method_is_evaluated_on_that_methods_scores(workspace, tmp_path) -> None:
+    """Re-evaluating saved projections with another ``score.method`` must not reuse the old score."""
+    from sklearn.metrics import roc_auc_score
+
+    from mammo_anogan.score import run_score
+
+    run_dir = tmp_path / "methods"
+    first = run_score(_compose(workspace, "score.figures=false"), run_dir)
+    scored = len(_rows(run_dir))
+    rows = [row for row in _rows(run_dir) if row["split"] == "test"]
+    y = [int(row["label"] != "normal") for row in rows]
+    aucs = {m: roc_auc_score(y, [float(row[f"score_{m}"]) for row in rows]) for m in ("mean_map", "topk")}
+    assert aucs["mean_map"] != pytest.approx(aucs["topk"])  # the fixture tells the methods apart
+    for method, metrics in (
+        ("mean_map", first),
+        ("best_map", run_score(_compose(workspace, "score.figures=false", "score.method=best_map"), run_dir)),
+        ("topk", run_score(_compose(workspace, "score.figures=false", "score.method=topk"), run_dir)),
+    ):
+        expected = roc_auc_score(y, [float(row[f"score_{method}"]) for row in rows])
+        assert metrics["score_method"] == method
+        assert metrics["auc"] == pytest.approx(expected)
+    assert len(_rows(run_dir)) == scored  # nothing was projected again
