@@ -1,0 +1,83 @@
+"""Before/after figure and statistics for the mini-MIAS breast-mask fix (experiments/mias/README.md).
+
+Compares two prepared copies of the same films (same salt, so the same image ids): for every film,
+the share of mask pixels darker than ``--dark`` grey levels (film base or padding, not breast) and
+whether the mask reaches the right edge; draws the ``--count`` films whose old mask was worst, each
+as old outline | new outline (red), upscaled 2x.
+
+    python experiments/mias/mask_figure.py OLD_DATASET NEW_DATASET OUT.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mammo_anogan.utils.io import atomic_write_bytes
+
+
+def _read(dataset: Path, relpath: str) -> np.ndarray:
+    return cv2.imread(str(dataset / relpath), cv2.IMREAD_GRAYSCALE)
+
+
+def _outlined(image: np.ndarray, mask: np.ndarray, scale: int) -> np.ndarray:
+    size = (image.shape[1] * scale, image.shape[0] * scale)
+    image = cv2.resize(image, size, interpolation=cv2.INTER_NEAREST)
+    mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+    edge = mask - cv2.erode(mask, np.ones((3, 3), np.uint8))
+    tile = np.repeat(image[..., None], 3, axis=2)
+    tile[edge > 0] = (0, 0, 255)
+    return tile
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("old", type=Path)
+    parser.add_argument("new", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--dark", type=int, default=25)
+    parser.add_argument("--count", type=int, default=6)
+    args = parser.parse_args()
+    with (args.new / "manifest.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    stats = []
+    for row in rows:
+        image = _read(args.new, row["image_path"])
+        old = _read(args.old, row["mask_path"]) > 0
+        new = _read(args.new, row["mask_path"]) > 0
+        dark = image < args.dark
+        stats.append(
+            (float((dark & old).sum() / max(old.sum(), 1)), float((dark & new).sum() / max(new.sum(), 1)))
+        )
+        stats[-1] += (bool(old[:, -2:].any()), bool(new[:, -2:].any()))
+    old_dark, new_dark, old_edge, new_edge = (np.array(column) for column in zip(*stats))
+    print(f"films: {len(rows)}")
+    print(
+        f"mask pixels darker than {args.dark}: old mean {old_dark.mean():.3f} max {old_dark.max():.3f}; "
+        f"new mean {new_dark.mean():.3f} max {new_dark.max():.3f}"
+    )
+    print(
+        f"films with > 5 % such mask pixels: old {(old_dark > 0.05).sum()}, new {(new_dark > 0.05).sum()}"
+    )
+    print(f"masks reaching the right edge: old {old_edge.sum()}, new {new_edge.sum()}")
+    worst = np.argsort(-old_dark)[: args.count]
+    tiles = []
+    for index in worst:
+        row = rows[index]
+        image = _read(args.new, row["image_path"])
+        old = _read(args.old, row["mask_path"]) > 0
+        new = _read(args.new, row["mask_path"]) > 0
+        pair = np.concatenate([_outlined(image, old, 2), _outlined(image, new, 2)], axis=1)
+        tiles.append(np.pad(pair, ((2, 2), (2, 2), (0, 0)), constant_values=255))
+    grid = np.concatenate([np.concatenate(tiles[i : i + 3], axis=1) for i in range(0, len(tiles), 3)], axis=0)
+    ok, encoded = cv2.imencode(".png", grid)
+    assert ok
+    atomic_write_bytes(args.out, encoded.tobytes())
+
+
+if __name__ == "__main__":
+    main()
