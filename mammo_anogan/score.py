@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from mammo_anogan.anomaly.outputs import (
 from mammo_anogan.anomaly.projector import ProjectionSettings
 from mammo_anogan.anomaly.scoring import SCORE_METHODS
 from mammo_anogan.config_schema import validate_score_config
+from mammo_anogan.training.preemption import PredictionPreemption, ScoringPreempted
 from mammo_anogan.utils.errors import ConfigError, UserError, exit_on_user_error
 from mammo_anogan.utils.io import remove_stale_temp_files
 from mammo_anogan.utils.privacy import dataset_salt, save_sanitised_config, wandb_privacy_settings
@@ -346,7 +348,7 @@ def run_score(
         generator, loss_fn, settings, str(cfg.score.method), float(cfg.score.topk_percent)
     )
     writer = ScoreWriter(run_dir, save_projections=bool(cfg.score.save_projections))
-    trainer = build_trainer(cfg, [writer])
+    trainer = build_trainer(cfg, [writer, PredictionPreemption()])
     for split in cfg.score.splits:
         dataset = datamodule.dataset(split)
         done = completed_image_ids(run_dir, split) if cfg.score.resume else set()
@@ -407,10 +409,25 @@ class AggregateTableCallback(Callback):
         log.info("Table 1 of %d runs: %s", len(run_dirs), markdown)
 
 
+#: Exit status of a scoring run stopped by SIGTERM / SIGUSR1 (the shell's code for SIGTERM): not 0,
+#: so a script does not go on to evaluate a half-scored run.
+PREEMPTED_EXIT_CODE = 143
+
+
 @hydra.main(config_path="../conf", config_name="score", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    run_score(cfg, HydraConfig.get().runtime.output_dir)
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        run_score(cfg, run_dir)
+    except ScoringPreempted as stop:
+        log.warning(
+            "%s: stopped between batches, every finished image is saved; resume with the same command "
+            "and hydra.run.dir=%s",
+            stop,
+            run_dir,
+        )
+        sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -91,3 +91,38 @@ class PreemptionCheckpoint(Callback):
             if handler is not None:
                 signal.signal(sig, handler)
         self._previous.clear()
+
+
+class ScoringPreempted(Exception):
+    """Raised at a batch boundary of a projection run after SIGTERM / SIGUSR1."""
+
+
+class PredictionPreemption(PreemptionCheckpoint):
+    """Stop a projection run (``trainer.predict``) at the next batch boundary after SIGTERM / SIGUSR1.
+
+    Lightning's own SIGTERM handler only sets ``trainer.received_sigterm`` and its predict loop
+    never reads it, so a terminated scoring run used to carry on to the end (seen with ``timeout``).
+    Every finished batch is already in ``scores.csv`` (append-only) and its maps are atomic files,
+    so stopping between batches loses nothing: rerunning the command in the same run dir resumes.
+    """
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        return None
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._install()
+
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self.received is None and getattr(trainer, "received_sigterm", False):
+            self.received = signal.SIGTERM
+        if self._any_rank_preempted(trainer):
+            name = self.received.name if self.received is not None else "a pre-emption signal on another rank"
+            raise ScoringPreempted(f"received {name}")

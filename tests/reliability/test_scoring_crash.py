@@ -131,3 +131,33 @@ def test_killed_score_run_resumes_each_image_exactly_once(
     finally:
         torch.set_num_threads(threads)
     pd.testing.assert_frame_equal(_key(rows), _key(reference))
+
+
+def test_sigterm_stops_scoring_between_batches_and_the_rerun_finishes(
+    workspace: dict[str, Path], tmp_path: Path
+) -> None:
+    """SIGTERM (``timeout``, schedulers) stops projection at the next batch: exit 143, resumable.
+
+    Lightning's predict loop ignored SIGTERM, so a terminated run carried on to the end.
+    """
+    run_dir = tmp_path / "run"
+    scores = run_dir / SCORES_FILE
+    overrides = [*_overrides(workspace, 20), f"hydra.run.dir={run_dir}"]
+    log_path = tmp_path / "first.log"
+    first = spawn_entry("score", overrides, log_path)
+    try:
+        wait_for(lambda: scores.is_file() and scores.read_bytes().count(b"\n") >= 2, first, 180, log_path)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=120)
+    output = log_path.read_text()
+    assert first.returncode == 143, output[-3000:]
+    assert "received SIGTERM: stopped between batches" in output and "Traceback" not in output
+    expected = _expected_ids(workspace)
+    done = len(_raw_scores(run_dir))
+    assert 1 <= done < len(expected)  # it stopped early, with whole rows only
+    assert not (run_dir / "metrics.json").exists()  # a half-scored run is never evaluated
+    second = spawn_entry("score", overrides, tmp_path / "second.log")
+    assert second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    written = list(zip(*(_raw_scores(run_dir)[key] for key in ("split", "image_id"))))
+    assert len(written) == len(set(written)) and set(written) == expected
