@@ -60,9 +60,7 @@ def main() -> None:
         f"mask pixels darker than {args.dark}: old mean {old_dark.mean():.3f} max {old_dark.max():.3f}; "
         f"new mean {new_dark.mean():.3f} max {new_dark.max():.3f}"
     )
-    print(
-        f"films with > 5 % such mask pixels: old {(old_dark > 0.05).sum()}, new {(new_dark > 0.05).sum()}"
-    )
+    print(f"films with > 5 % such mask pixels: old {(old_dark > 0.05).sum()}, new {(new_dark > 0.05).sum()}")
     print(f"masks reaching the right edge: old {old_edge.sum()}, new {new_edge.sum()}")
     worst = np.argsort(-old_dark)[: args.count]
     tiles = []

@@ -26,7 +26,10 @@ def rows_of(sweep_dirs: list[Path]) -> list[dict[str, Any]]:
         for run_dir in sorted(p.parent for p in sweep.glob("*/metrics.json")):
             metrics = read_metrics_json(run_dir)
             optimistic = metrics.get("optimistic_in_sample", {})
-            row = {key: metrics.get(key) for key in ("loss", "comparison", "num_seeds", "steps")}
+            row = {
+                key: metrics.get(key) for key in ("loss", "comparison", "num_seeds", "steps", "score_method")
+            }
+            row["val_auc"] = metrics.get("validation", {}).get("auc")
             for key in METRICS:
                 row.update({k: metrics.get(k) for k in (key, f"{key}_ci_low", f"{key}_ci_high")})
             row.update(
@@ -46,12 +49,17 @@ def rows_of(sweep_dirs: list[Path]) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    headers = ["Loss", "Comparison", "N", "Test (abn/norm)", "AUC", "Acc", "Sens", "Spec", "PPV", "NPV"]
+    headers = ["Loss", "Score", "Comparison", "N", "Test (abn/norm)", "Val AUC", "AUC", "Acc", "Sens", "Spec"]
+    headers += ["PPV", "NPV"]
     headers += ["In-sample Acc / Sens / Spec (optimistic)", "Pixel AUROC", "Hit rate"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        cells = [str(row["loss"]), str(row["comparison"]).replace("_", " "), str(row["num_seeds"])]
-        cells.append(f"{row['n_abnormal']}/{row['n_normal']}")
+        cells = [str(row["loss"]), str(row["score_method"]), str(row["comparison"]).replace("_", " ")]
+        cells += [
+            str(row["num_seeds"]),
+            f"{row['n_abnormal']}/{row['n_normal']}",
+            format_percent(row["val_auc"]),
+        ]
         cells += [format_percent(row[k], row[f"{k}_ci_low"], row[f"{k}_ci_high"]) for k in METRICS]
         cells.append(
             " / ".join(
