@@ -11,7 +11,7 @@ set -euo pipefail
 MIAS=${1:-../shared/data/mini-mias}
 OUT=${2:-outputs/mias_study}
 PY=${PYTHON:-.venv/bin/python}
-DISC_STEPS=${DISC_STEPS:-30}
+DISC_STEPS=${DISC_STEPS:-26}
 MSE_STEPS=${MSE_STEPS:-60}
 COMMON=(+experiment=mias64_cpu "data.source=$MIAS")
 
