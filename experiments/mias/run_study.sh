@@ -27,10 +27,10 @@ G=$OUT/train/best/generator.pt   # lowest SWD on the training normals (never val
 
 # 3. project val + test once per loss from 16 seeds, one core each, side by side
 OMP_NUM_THREADS=1 "$PY" -m mammo_anogan.score "${COMMON[@]}" "generator=$G" projection.loss=disc_features \
-    "projection.steps=$DISC_STEPS" projection.num_seeds=16 score.figures=false \
+    "projection.steps=$DISC_STEPS" projection.num_seeds=16 score.figures=false logger=none \
     "hydra.run.dir=$OUT/src_disc_features_n16" &
 OMP_NUM_THREADS=1 "$PY" -m mammo_anogan.score "${COMMON[@]}" "generator=$G" projection.loss=mse \
-    "projection.steps=$MSE_STEPS" projection.num_seeds=16 score.figures=false \
+    "projection.steps=$MSE_STEPS" projection.num_seeds=16 score.figures=false logger=none \
     "hydra.run.dir=$OUT/src_mse_n16" &
 wait
 
