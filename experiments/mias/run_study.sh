@@ -29,10 +29,12 @@ G=$OUT/train/best/generator.pt   # lowest SWD on the training normals (never val
 OMP_NUM_THREADS=1 "$PY" -m mammo_anogan.score "${COMMON[@]}" "generator=$G" projection.loss=disc_features \
     "projection.steps=$DISC_STEPS" projection.num_seeds=16 score.figures=false logger=none \
     "hydra.run.dir=$OUT/src_disc_features_n16" &
+disc=$!
 OMP_NUM_THREADS=1 "$PY" -m mammo_anogan.score "${COMMON[@]}" "generator=$G" projection.loss=mse \
     "projection.steps=$MSE_STEPS" projection.num_seeds=16 score.figures=false logger=none \
     "hydra.run.dir=$OUT/src_mse_n16" &
-wait
+mse=$!
+wait "$disc" && wait "$mse"   # either failing (or pre-empted: exit 143) stops the script here
 
 # 4. N = 1, 9, 16 = the first 1 / 9 / 16 of the saved seeds; the multirun then only evaluates
 #    (threshold = Youden point on validation, applied to test; Table 1 per sweep)
