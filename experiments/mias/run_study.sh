@@ -34,7 +34,8 @@ OMP_NUM_THREADS=1 "$PY" -m mammo_anogan.score "${COMMON[@]}" "generator=$G" proj
     "projection.steps=$MSE_STEPS" projection.num_seeds=16 score.figures=false logger=none \
     "hydra.run.dir=$OUT/src_mse_n16" &
 mse=$!
-wait "$disc" && wait "$mse"   # either failing (or pre-empted: exit 143) stops the script here
+wait "$disc"   # either failing (or pre-empted: exit 143) stops the script here (set -e)
+wait "$mse"
 
 # 4. N = 1, 9, 16 = the first 1 / 9 / 16 of the saved seeds; the multirun then only evaluates
 #    (threshold = Youden point on validation, applied to test; Table 1 per sweep)
