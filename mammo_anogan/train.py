@@ -137,11 +137,16 @@ class BestNetworkExport(Callback):
 
     def __init__(self, export_dir: str | os.PathLike[str]) -> None:
         self.export_dir = Path(export_dir)
-        self._exported: str = ""
+        self._exported: tuple[str, float | None] | None = None
 
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        best = [c.best_model_path for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
-        best = [path for path in best if path]
+        # A new best keeps the same file name (``best.ckpt`` is overwritten), so the best is
+        # identified by path *and* score: keyed on the path alone, only the first best was exported.
+        best = [
+            (c.best_model_path, None if c.best_model_score is None else float(c.best_model_score))
+            for c in trainer.checkpoint_callbacks
+            if getattr(c, "monitor", None) and getattr(c, "best_model_path", "")
+        ]
         if not best or best[0] == self._exported:
             return
         self._exported = best[0]

@@ -344,3 +344,26 @@ def test_integration_with_the_real_module_and_data_module(tmp_path: Path) -> Non
     rows = logged_rows(tmp_path)
     assert column(rows, "train/ada_p")  # logged by the module itself, not duplicated by the monitor
     assert column(rows, "train/sec_per_kimg") and column(rows, "fidelity/swd_baseline")
+
+
+def test_best_network_export_follows_every_new_best_even_under_the_same_file_name(tmp_path: Path) -> None:
+    """``best.ckpt`` is overwritten in place: a new best changes its score, not its path."""
+    from types import SimpleNamespace
+
+    from mammo_anogan.train import BestNetworkExport
+
+    exports: list[Path] = []
+    module = SimpleNamespace(export_networks=exports.append)
+    best = SimpleNamespace(monitor="fidelity/swd", best_model_path="", best_model_score=None)
+    trainer = SimpleNamespace(checkpoint_callbacks=[best], is_global_zero=True)
+    callback = BestNetworkExport(tmp_path / "best")
+    callback.on_train_batch_end(trainer, module)
+    assert exports == []  # nothing ranked yet
+    best.best_model_path, best.best_model_score = "ckpts/best.ckpt", torch.tensor(54.1)
+    for _ in range(3):
+        callback.on_train_batch_end(trainer, module)
+    assert exports == [tmp_path / "best"]  # once per new best, not once per batch
+    best.best_model_score = torch.tensor(38.6)  # a better checkpoint, same file name
+    callback.on_train_batch_end(trainer, module)
+    callback.on_train_end(trainer, module)
+    assert len(exports) == 2
