@@ -88,3 +88,14 @@ def test_fidelity_history_keeps_the_last_value_of_a_repeated_kimg(tmp_path: Path
     table = history_script.markdown(points, every=4).splitlines()
     assert table[0] == "| kimg | 4 | 8 |"
     assert table[2] == "| SWD (baseline 38) | 109 | 122 |"
+
+
+def test_ada_history_picks_the_logged_row_nearest_each_kimg(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text(
+        "fidelity/swd,train/ada_p,train/ada_rt,train/kimg\n"
+        "50.0,,,\n"  # a fidelity-only row has no ADA values
+        ",0.01,0.9,9.92\n"
+        ",0.05,0.7,76.08\n"
+    )
+    assert _script("fidelity_history").ada_at(metrics, [10, 76]) == [(9.92, 0.01, 0.9), (76.08, 0.05, 0.7)]

@@ -3,12 +3,16 @@
 Why the log and not ``csv/metrics.csv``: the log is appended by every resumed segment of a run,
 including segments written before the CSV logger kept its history across resumption.
 
-    python experiments/mias/fidelity_history.py RUN_DIR [--every KIMG]
+    python experiments/mias/fidelity_history.py RUN_DIR [--every KIMG] [--ada 10 76 100]
+
+``--ada`` also prints ADA's p and r_t nearest to the given kimg, from ``csv/metrics.csv``
+(``logger=csv``; rows of segments before the CSV logger appended on resume are missing there).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import re
 from pathlib import Path
 
@@ -39,12 +43,26 @@ def markdown(points: dict[float, dict[str, float]], every: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ada_at(metrics_csv: Path, kimgs: list[float]) -> list[tuple[float, float, float]]:
+    """(kimg, ADA p, r_t) of the logged row nearest to each requested kimg."""
+    with metrics_csv.open(newline="") as handle:
+        points = [
+            (float(row["train/kimg"]), float(row["train/ada_p"]), float(row["train/ada_rt"]))
+            for row in csv.DictReader(handle)
+            if row.get("train/ada_p") and row.get("train/kimg")
+        ]
+    return [min(points, key=lambda point: abs(point[0] - kimg)) for kimg in kimgs]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--every", type=float, default=0.0, help="keep kimg that are multiples of this")
+    parser.add_argument("--ada", type=float, nargs="*", default=[], help="kimg at which to print ADA p")
     args = parser.parse_args()
     print(markdown(history(args.run_dir / "train.log"), args.every), end="")
+    for kimg, p, r_t in ada_at(args.run_dir / "csv" / "metrics.csv", args.ada) if args.ada else []:
+        print(f"ADA at {kimg:.2f} kimg: p {p:.3f}, r_t {r_t:.2f}")
 
 
 if __name__ == "__main__":

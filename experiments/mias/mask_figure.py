@@ -44,17 +44,22 @@ def main() -> None:
     args = parser.parse_args()
     with (args.new / "manifest.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    stats = []
-    for row in rows:
-        image = _read(args.new, row["image_path"])
-        old = _read(args.old, row["mask_path"]) > 0
-        new = _read(args.new, row["mask_path"]) > 0
-        dark = image < args.dark
-        stats.append(
-            (float((dark & old).sum() / max(old.sum(), 1)), float((dark & new).sum() / max(new.sum(), 1)))
+    films = [
+        (
+            _read(args.new, row["image_path"]),
+            _read(args.old, row["mask_path"]) > 0,
+            _read(args.new, row["mask_path"]) > 0,
         )
-        stats[-1] += (bool(old[:, -2:].any()), bool(new[:, -2:].any()))
-    old_dark, new_dark, old_edge, new_edge = (np.array(column) for column in zip(*stats))
+        for row in rows
+    ]
+
+    def dark_share(image: np.ndarray, mask: np.ndarray) -> float:
+        return float(((image < args.dark) & mask).sum() / max(mask.sum(), 1))
+
+    old_dark = np.array([dark_share(image, old) for image, old, _ in films])
+    new_dark = np.array([dark_share(image, new) for image, _, new in films])
+    old_edge = np.array([old[:, -2:].any() for _, old, _ in films])
+    new_edge = np.array([new[:, -2:].any() for _, _, new in films])
     print(f"films: {len(rows)}")
     print(
         f"mask pixels darker than {args.dark}: old mean {old_dark.mean():.3f} max {old_dark.max():.3f}; "
@@ -62,13 +67,17 @@ def main() -> None:
     )
     print(f"films with > 5 % such mask pixels: old {(old_dark > 0.05).sum()}, new {(new_dark > 0.05).sum()}")
     print(f"masks reaching the right edge: old {old_edge.sum()}, new {new_edge.sum()}")
-    worst = np.argsort(-old_dark)[: args.count]
+    inside = np.zeros(2, int)
+    lesions = 0
+    for row, (image, old, new) in zip(rows, films):
+        for x, y in zip(row["lesion_x"].split(";"), row["lesion_y"].split(";")) if row["lesion_x"] else []:
+            col, line = (min(int(round(float(v))), image.shape[0] - 1) for v in (x, y))
+            inside += (old[line, col], new[line, col])
+            lesions += 1
+    print(f"MIAS lesion centres inside the mask: old {inside[0]}/{lesions}, new {inside[1]}/{lesions}")
     tiles = []
-    for index in worst:
-        row = rows[index]
-        image = _read(args.new, row["image_path"])
-        old = _read(args.old, row["mask_path"]) > 0
-        new = _read(args.new, row["mask_path"]) > 0
+    for index in np.argsort(-old_dark)[: args.count]:
+        image, old, new = films[index]
         pair = np.concatenate([_outlined(image, old, 2), _outlined(image, new, 2)], axis=1)
         tiles.append(np.pad(pair, ((2, 2), (2, 2), (0, 0)), constant_values=255))
     grid = np.concatenate([np.concatenate(tiles[i : i + 3], axis=1) for i in range(0, len(tiles), 3)], axis=0)

@@ -272,24 +272,20 @@ def _fallback_window(raw: RawImage, modality_small: np.ndarray, rough: np.ndarra
 
 
 def breast_mask_for(
-    raw: RawImage,
-    display_table: np.ndarray,
-    flip: bool,
-    image: np.ndarray,
-    settings: PreprocessSettings,
+    display: np.ndarray, flip: bool, image: np.ndarray, settings: PreprocessSettings
 ) -> np.ndarray:
     """Breast mask of ``image``, computed at ``mask_side`` pixels when the output is smaller.
 
-    At 64 px a film border or a label is one or two pixels wide: the opening in
-    :func:`masks.breast_mask` (radius ``side // 200``) is zero there, so thin bright borders stay
-    attached to the breast (7 of the 246 mini-MIAS masks reached the film edge at 64 px). The mask
+    ``display`` is the full-size 8-bit film that ``image`` was rendered from. At 64 px a film
+    border or a label is one or two pixels wide and the opening in :func:`masks.breast_mask`
+    (radius ``side // 200``) is zero, so thin bright borders stay attached to the breast. The mask
     is therefore computed on a ``mask_side`` rendering of the same oriented, padded film and
     area-downsampled (pixels at least half covered are breast).
     """
     resolution = settings.resolution
     if resolution >= settings.mask_side:
         return masks.breast_mask(image, settings.mask_threshold, settings.mask_method)
-    large = orient_pad_resize(apply_lut(display_table, raw.pixels), flip, settings.mask_side)
+    large = orient_pad_resize(display, flip, settings.mask_side)
     large_mask = masks.breast_mask(large, settings.mask_threshold, settings.mask_method)
     coverage = cv2.resize(
         large_mask.astype(np.float32), (resolution, resolution), interpolation=cv2.INTER_AREA
@@ -340,8 +336,9 @@ def prepare_image(
     side = laterality if laterality in ("L", "R") else laterality_from_signal(apply_lut(display_table, small))
     flip = settings.flip_right and side == "R"
 
-    image = orient_pad_resize(apply_lut(display_table, raw.pixels), flip, settings.resolution)
-    mask = breast_mask_for(raw, display_table, flip, image, settings)
+    display = apply_lut(display_table, raw.pixels)  # the full-size 8-bit film, rendered once
+    image = orient_pad_resize(display, flip, settings.resolution)
+    mask = breast_mask_for(display, flip, image, settings)
     pectoral_removed = False
     if settings.pectoral_removal and raw.view == "MLO":
         mask, pectoral_removed = masks.remove_pectoral(image, mask)
