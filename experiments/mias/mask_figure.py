@@ -75,6 +75,8 @@ def main() -> None:
             inside += (old[line, col], new[line, col])
             lesions += 1
     print(f"MIAS lesion centres inside the mask: old {inside[0]}/{lesions}, new {inside[1]}/{lesions}")
+    removed = sum(row.get("pectoral_removed") == "True" for row in rows)
+    print(f"new dataset: pectoral muscle removed on {removed} of {len(rows)} films")
     tiles = []
     for index in np.argsort(-old_dark)[: args.count]:
         image, old, new = films[index]
