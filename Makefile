@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install demo test test-all lint format prepare train score bench clean distclean
+.PHONY: install demo test test-oldest test-all lint format prepare train score bench gpu-check clean distclean
 
 install: $(STAMP)
 
@@ -27,6 +27,24 @@ demo: install
 
 test: install
 	$(PY) -m pytest $(ARGS)
+
+# The same suite on the oldest versions pyproject.toml accepts (.ci/oldest-constraints.txt), in a second
+# venv installed from the registry like the first: proves the declared floor (CI runs it after `test`).
+VENV_OLDEST := .venv-oldest
+PY_OLDEST := $(VENV_OLDEST)/bin/python
+STAMP_OLDEST := $(VENV_OLDEST)/.installed
+$(STAMP_OLDEST): pyproject.toml .ci/oldest-constraints.txt
+	@test -x $(PY_OLDEST) || $(PYTHON) -m venv $(VENV_OLDEST)
+	$(PY_OLDEST) -m pip install --quiet --upgrade pip
+	$(PY_OLDEST) -m pip install --quiet -c .ci/oldest-constraints.txt -e ".[dev]"
+	$(PY_OLDEST) -m pip install --quiet --no-deps "frd-score>=1.0"
+	@touch $(STAMP_OLDEST)
+
+test-oldest: $(STAMP_OLDEST)
+	$(PY_OLDEST) -c "import torch, torchvision, numpy, pytorch_lightning as pl, albumentations as A, pydicom; \
+	print('oldest supported:', 'torch', torch.__version__, 'torchvision', torchvision.__version__, \
+	'numpy', numpy.__version__, 'lightning', pl.__version__, 'albumentations', A.__version__, 'pydicom', pydicom.__version__)"
+	$(PY_OLDEST) -m pytest $(ARGS)
 
 test-all: install
 	$(PY) -m pytest -m "" $(ARGS)
@@ -53,12 +71,16 @@ bench: install
 	$(PY) bench/train.py
 	$(PY) bench/score.py
 
+# One CUDA GPU: the GPU tier, a pre-empted real training, a short score and the speed benchmarks (<= 8 min).
+gpu-check: install
+	PYTHON=$(PY) bash bench/gpu_check.sh $(ARGS)
+
 # `clean` depends on `install` like every user-facing target (as specified); `distclean` also removes the venv.
-CLEAN_PATHS := outputs multirun wandb lightning_logs .pytest_cache build *.egg-info
+CLEAN_PATHS := outputs multirun wandb lightning_logs .pytest_cache build *.egg-info gpu_check_out
 clean: install
 	rm -rf $(CLEAN_PATHS)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean:
-	rm -rf $(CLEAN_PATHS) $(VENV)
+	rm -rf $(CLEAN_PATHS) $(VENV) $(VENV_OLDEST)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

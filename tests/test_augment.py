@@ -185,3 +185,29 @@ def test_augment_under_bfloat16_autocast() -> None:
         y = AugmentPipe(p=1.0)(x.to(torch.bfloat16))
     assert y.dtype == torch.bfloat16 and y.shape == x.shape
     assert torch.isfinite(y.float()).all()
+
+
+def test_geometry_is_fp32_under_bfloat16_autocast() -> None:
+    """Regression (issue 10): under autocast the matrices and the grid were computed in bf16 (up to 4 px
+    off at 512 px). The same draws must give the same fp32 matrices and warp with or without autocast."""
+    aug = AugmentPipe(p=1.0)
+    x = torch.rand(8, 1, 64, 64) * 2 - 1
+    torch.manual_seed(3)
+    draws = aug._draw(8, x.device)
+    reference = aug._geometric_matrix(8, 512, 512, x.device, draws)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = aug._geometric_matrix(8, 512, 512, x.device, draws)
+        warped = aug._warp(x, aug._geometric_matrix(8, 64, 64, x.device, draws))
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, reference, rtol=0, atol=0)
+    torch.testing.assert_close(warped, aug._warp(x, aug._geometric_matrix(8, 64, 64, x.device, draws)))
+
+
+def test_ada_controller_update_needs_no_host_sync() -> None:
+    """p and r_t stay device tensors inside update(); reading them is the caller's choice."""
+    aug = AugmentPipe()
+    ada = AdaController(interval=1, ada_kimg=1)
+    ada.accumulate(torch.ones(4, 1))
+    ada.update(aug, batch_size=8)
+    assert isinstance(ada.r_t_tensor, torch.Tensor) and ada.r_t_tensor.item() == 1.0
+    assert ada.p == pytest.approx(8 / 1000)

@@ -242,3 +242,21 @@ def test_frd_degradation_ranking_on_phantoms() -> None:
     passes = [_ranking(("frd",), seed=seed)["frd"]["passes"] for seed in range(2)]
     # Phantoms pass; the table marks FRD from the real mini-MIAS measurement (see its entry).
     assert all(passes)
+
+
+def test_kid_seeds_only_the_cpu_generator_and_restores_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (issue 10): torch.manual_seed(0) inside KID also reseeded every CUDA generator, so
+    on a GPU each evaluation replayed training's random stream (and gave DDP ranks equal streams)."""
+    reseeded: list[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: reseeded.append(seed))
+    fm = FidelityMetrics(metrics=("kid",), feature_extractor=random_feature_extractor())
+    fm.set_real(mammogram_like(32, 32, seed=0))
+    torch.manual_seed(7)
+    reseeded.clear()
+    expected_next = torch.rand(3, generator=torch.Generator().manual_seed(7))
+    first = fm.compute(add_noise(mammogram_like(16, 32, seed=5), 0.2))
+    second = fm.compute(add_noise(mammogram_like(16, 32, seed=5), 0.2))
+    assert reseeded == []  # no CUDA generator touched
+    assert first["kid"] == second["kid"]  # still reproducible
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's CPU stream is untouched

@@ -95,3 +95,31 @@ def test_disc_features_loss_is_batch_independent() -> None:
 def test_unknown_loss_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="projection.loss"):
         build_projection_loss("l7")
+
+
+def test_precomputed_target_features_equal_the_plain_loss() -> None:
+    """loss_against(): target features computed once (LPIPS, D features, combined) == loss(synth, target)."""
+    from mammo_anogan.anomaly.losses import loss_against
+    from mammo_anogan.models.stylegan2.discriminator import Discriminator
+    from mammo_anogan.utils.profiling import OpCounter
+
+    lpips = pytest.importorskip("lpips")
+    torch.manual_seed(0)
+    net = lpips.LPIPS(pretrained=False, pnet_rand=True, net="alex", verbose=False)
+    disc = Discriminator(img_resolution=32, img_channels=1, channel_base=256, channel_max=32)
+    a, b = _images(3, seed=8), _images(3, seed=9)
+    for loss in (
+        build_projection_loss("lpips_alex", lpips_net=net),
+        build_projection_loss("disc_features", discriminator=disc, pixel_weight=0.5),
+        build_projection_loss("mse"),
+    ):
+        against_b = loss_against(loss, b)
+        torch.testing.assert_close(against_b(a), loss(a, b), rtol=1e-5, atol=1e-7)
+    # the prepared loss runs only the synth side: fewer operators than the plain two-sided call
+    loss = build_projection_loss("disc_features", discriminator=disc)
+    against_b = loss_against(loss, b)
+    with OpCounter() as plain:
+        loss(a, b)
+    with OpCounter() as prepared:
+        against_b(a)
+    assert prepared.kernels < 0.7 * plain.kernels

@@ -162,3 +162,21 @@ def test_bad_settings_are_config_errors() -> None:
         ProjectionSettings(space="z")
     with pytest.raises(ConfigError):
         ProjectionSettings(steps=0)
+
+
+def test_projection_steps_make_no_host_sync(generator, targets) -> None:
+    """Per-step work has no sync point (a host-data tensor or .item() per step was one on a GPU)."""
+    from mammo_anogan.utils.profiling import OpCounter
+    from mammo_anogan.utils.torch_compat import supports_fused_adam
+
+    if not supports_fused_adam("cpu"):
+        pytest.skip("CPU fused Adam (torch >= 2.4) needed to model the GPU optimiser")
+
+    w_statistics(generator, 500)
+    few, many = _settings(steps=2), _settings(steps=6)
+    with OpCounter() as short_run:
+        Projector(generator, MseLoss(), few).project(targets)
+    with OpCounter() as long_run:
+        Projector(generator, MseLoss(), many).project(targets)
+    assert long_run.sync_count == short_run.sync_count  # syncs do not grow with the number of steps
+    assert long_run.kernels > short_run.kernels

@@ -191,3 +191,50 @@ def test_minibatch_std_groups(batch: int, group: int) -> None:
         members = x[torch.arange(n % groups, batch, groups)]
         expected = (members.var(dim=0, unbiased=False) + 1e-8).sqrt().mean()
         torch.testing.assert_close(y[n, 5], torch.full((4, 4), expected.item()))
+
+
+@pytest.mark.parametrize("taps", [(1, 3, 3, 1), (1, 2, 5, 3)])
+def test_composed_resampling_equals_separate_with_gradients(taps: tuple[int, ...]) -> None:
+    """The filter folded into the 3x3 / 1x1 weights ("composed") equals blur + conv ("separate"), in the
+    outputs and the gradients, for D's down path (3x3 and skip 1x1) and G's up path; asymmetric taps
+    catch a flipped kernel."""
+    from mammo_anogan.models.stylegan2 import layers
+
+    torch.manual_seed(0)
+    down = Conv2dLayer(8, 16, 3, activation="lrelu", down=2, fir_taps=taps)
+    skip = Conv2dLayer(8, 16, 1, bias=False, down=2, fir_taps=taps)
+    up = ModulatedConv2d(8, 16, 12, 3, up=2, fir_taps=taps)
+    x, w = torch.randn(2, 8, 16, 16), torch.randn(2, 12)
+    results = []
+    try:
+        for mode in layers.RESAMPLING_MODES:
+            layers.set_resampling_mode(mode)
+            xr = x.clone().requires_grad_(True)
+            outputs = (down(xr), skip(xr), up(xr, w, fused=False))
+            loss = sum(out.square().sum() for out in outputs)
+            results.append((outputs, torch.autograd.grad(loss, [xr, down.weight, skip.weight, up.weight])))
+    finally:
+        layers.set_resampling_mode("composed")
+    (out_a, grad_a), (out_b, grad_b) = results
+    assert layers.resampling_mode() == "composed"  # the default
+    assert [o.shape for o in out_a] == [(2, 16, 8, 8), (2, 16, 8, 8), (2, 16, 32, 32)]
+    for a, b in zip(out_a + grad_a, out_b + grad_b):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max()))
+    with pytest.raises(ValueError, match="resampling mode"):
+        layers.set_resampling_mode("fft")
+
+
+def test_one_channel_gemm_forms_equal_convolutions() -> None:
+    """fromRGB of a 1-channel image and toRGB to one channel run as GEMMs; same numbers as convs."""
+    torch.manual_seed(0)
+    from_rgb = Conv2dLayer(1, 16, 1, activation="lrelu")
+    to_rgb = ModulatedConv2d(16, 1, 12, 1, demodulate=False)
+    img, feats, w = torch.randn(2, 1, 8, 8), torch.randn(2, 16, 8, 8), torch.randn(2, 12)
+    expected = bias_act(F.conv2d(img, from_rgb.weight * from_rgb.weight_gain), from_rgb.bias, "lrelu")
+    torch.testing.assert_close(from_rgb(img), expected)
+    styles = to_rgb.styles(w)
+    expected = F.conv2d(feats * styles[:, :, None, None], to_rgb.weight)
+    for fused in (True, False):
+        torch.testing.assert_close(to_rgb(feats, w, fused=fused), expected, rtol=1e-5, atol=1e-6)
+    cl = feats.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(to_rgb(cl, w), expected, rtol=1e-5, atol=1e-6)

@@ -37,6 +37,22 @@ def _per_sample_mean(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).mean(dim=1)
 
 
+TargetLoss = Callable[[torch.Tensor], torch.Tensor]
+
+
+def loss_against(loss_fn: Callable[..., torch.Tensor], target: torch.Tensor) -> TargetLoss:
+    """``synth -> loss_fn(synth, target)`` with the target's features computed once.
+
+    The projector evaluates the loss against the same targets at every step; losses with a
+    ``with_target`` method (LPIPS, discriminator features) precompute the target side there instead
+    of re-running the network on the targets at each of the 1000 steps.
+    """
+    with_target = getattr(loss_fn, "with_target", None)
+    if with_target is not None:
+        return with_target(target)
+    return lambda synth: loss_fn(synth, target)
+
+
 class MseLoss(nn.Module):
     """Mean squared pixel error per sample."""
 
@@ -118,6 +134,36 @@ class LpipsLoss(nn.Module):
     def forward(self, synth: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.net(self._prepare(synth), self._prepare(target)).flatten()
 
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The unit-normalised trunk features LPIPS compares (its ``forward`` without the distance)."""
+        import lpips
+
+        net = self.net
+        x = self._prepare(x)
+        if getattr(net, "version", "0.1") == "0.1":
+            x = net.scaling_layer(x)
+        return [lpips.normalize_tensor(f) for f in net.net.forward(x)]
+
+    def with_target(self, target: torch.Tensor) -> TargetLoss:
+        """LPIPS against a fixed target, its trunk features computed once (equals ``forward``)."""
+        import lpips
+
+        net = self.net
+        if getattr(net, "spatial", False) or not getattr(net, "lpips", True):
+            return lambda synth: self(synth, target)
+        with torch.no_grad():
+            target_features = [f.detach() for f in self._features(target)]
+
+        def distance(synth: torch.Tensor) -> torch.Tensor:
+            total = None
+            for layer, (a, b) in enumerate(zip(self._features(synth), target_features)):
+                value = lpips.spatial_average(net.lins[layer]((a - b) ** 2), keepdim=True)
+                total = value if total is None else total + value
+            assert total is not None
+            return total.flatten()
+
+        return distance
+
 
 class DiscFeatureLoss(nn.Module):
     """AnoGAN feature matching: mean squared distance between the discriminator's block features.
@@ -131,13 +177,22 @@ class DiscFeatureLoss(nn.Module):
         self.discriminator = discriminator.eval().requires_grad_(False)
 
     def forward(self, synth: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        _, synth_feats = self.discriminator(synth, return_features=True)
+        return self.with_target(target)(synth)
+
+    def with_target(self, target: torch.Tensor) -> TargetLoss:
+        """Feature matching against a fixed target, its features computed once."""
         with torch.no_grad():
             _, target_feats = self.discriminator(target, return_features=True)
-        total = synth.new_zeros(synth.shape[0])
-        for a, b in zip(synth_feats, target_feats):
-            total = total + _per_sample_mean((a.float() - b.float()).square())
-        return total / max(1, len(synth_feats))
+        target_feats = [f.detach() for f in target_feats]
+
+        def distance(synth: torch.Tensor) -> torch.Tensor:
+            _, synth_feats = self.discriminator(synth, return_features=True)
+            total = synth.new_zeros(synth.shape[0], dtype=torch.float32)
+            for a, b in zip(synth_feats, target_feats):
+                total = total + _per_sample_mean((a.float() - b.float()).square())
+            return total / max(1, len(synth_feats))
+
+        return distance
 
 
 class CombinedLoss(nn.Module):
@@ -151,6 +206,10 @@ class CombinedLoss(nn.Module):
 
     def forward(self, synth: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.main(synth, target) + self.pixel_weight * self.pixel(synth, target)
+
+    def with_target(self, target: torch.Tensor) -> TargetLoss:
+        main, pixel = loss_against(self.main, target), loss_against(self.pixel, target)
+        return lambda synth: main(synth) + self.pixel_weight * pixel(synth)
 
 
 def _offline_error(trunk: str) -> UserError:

@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mammo_anogan.anomaly.losses import loss_against
 from mammo_anogan.utils.errors import ConfigError
+from mammo_anogan.utils.torch_compat import supports_fused_adam
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -128,6 +130,18 @@ def _mix64(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shift_right(x, 31)
 
 
+def _mix64_int(value: int) -> int:
+    """:func:`_mix64` on a Python int (same bits), so a per-step stream key needs no device tensor."""
+    mask = _MASK64
+    x = value & mask
+    x ^= x >> 30
+    x = (x * (_MIX1 & mask)) & mask
+    x ^= x >> 27
+    x = (x * (_MIX2 & mask)) & mask
+    x ^= x >> 31
+    return _as_int64(x)
+
+
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers (base seed, seed index, attempt, ...), stable across runs."""
     x = torch.tensor(0, dtype=torch.int64)
@@ -145,7 +159,9 @@ def counter_normal(keys: torch.Tensor, stream: int, shape: tuple[int, ...]) -> t
     """
     count = math.prod(shape)
     half = (count + 1) // 2
-    base = _mix64(keys.to(torch.int64) ^ _mix64(torch.tensor(_as_int64(stream), device=keys.device)))
+    # the stream's mix is computed on the host: a device scalar made from host data would be a
+    # synchronous host-to-device copy at every projection step
+    base = _mix64(keys.to(torch.int64) ^ _mix64_int(_as_int64(stream)))
     counters = torch.arange(2 * half, device=keys.device, dtype=torch.int64)
     bits = _mix64(base[:, None] + (counters[None, :] + 1) * _GOLDEN)
     uniform = (_shift_right(bits, 11).to(torch.float64) + 0.5) / float(1 << 53)  # in (0, 1)
@@ -242,8 +258,9 @@ class Projector:
         self._synthesis = torch.compile(generator.synthesis) if settings.compile else generator.synthesis
         self._autocast = on_cuda and settings.precision == "bf16"
 
-    def _synthesize(self, ws: torch.Tensor, noises: list[torch.Tensor]) -> torch.Tensor:
-        context = torch.autocast("cuda", dtype=torch.bfloat16) if self._autocast else contextlib.nullcontext()
+    def _synthesize(self, ws: torch.Tensor, noises: list[torch.Tensor], fp32: bool = False) -> torch.Tensor:
+        bf16 = self._autocast and not fp32
+        context = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with context:
             # Input-scaling modulation (not grouped convolutions): with B*N samples per batch one
             # shared-weight convolution is much faster than B*N groups (2.5x measured on CPU).
@@ -306,7 +323,11 @@ class Projector:
         ]
         if self.device.type == "cuda" and s.channels_last:
             noises = [n.detach().to(memory_format=torch.channels_last).requires_grad_(True) for n in noises]
-        optimizer = torch.optim.Adam([w, *noises], lr=s.lr, betas=s.betas)
+        # fused Adam: one kernel per step and its step counters stay on the device (the for-loop
+        # implementation reads one counter per tensor with .item()); not available on old CPU torch
+        fused = {"fused": True} if supports_fused_adam(self.device.type) else {}
+        optimizer = torch.optim.Adam([w, *noises], lr=s.lr, betas=s.betas, **fused)
+        loss_to_targets = loss_against(self.loss_fn, targets)  # target features computed once
         finite = torch.ones(num_samples, dtype=torch.bool, device=self.device)
         with torch.enable_grad():
             for step in range(s.steps):
@@ -315,7 +336,7 @@ class Projector:
                 noise_std = latent_noise_std(step, s.steps, w_std, s.latent_noise, s.latent_noise_ramp)
                 w_noisy = w + counter_normal(keys, stream=step, shape=tuple(w.shape[1:])) * noise_std
                 synth = self._synthesize(self._broadcast(w_noisy), noises)
-                per_sample = self.loss_fn(synth, targets) + s.noise_reg_weight * noise_regularization(noises)
+                per_sample = loss_to_targets(synth) + s.noise_reg_weight * noise_regularization(noises)
                 step_finite = torch.isfinite(per_sample)
                 finite &= step_finite
                 # Sum, not mean: each sample's gradient is independent of the batch size. A failed
@@ -326,8 +347,9 @@ class Projector:
                 optimizer.step()
                 normalize_noise_(noises)
         with torch.no_grad():
-            images = self._synthesize(self._broadcast(w), noises)
-            final = self.loss_fn(images, targets).float()
+            # the reconstruction the anomaly map is built from: fp32, whatever the optimisation used
+            images = self._synthesize(self._broadcast(w), noises, fp32=True)
+            final = loss_to_targets(images).float()
         finite &= torch.isfinite(final) & torch.isfinite(w).flatten(1).all(dim=1)
         return w.detach(), images.detach(), final.detach(), finite
 

@@ -195,7 +195,10 @@ class _TorchmetricsBackend:
         metric.update(reference[:count], real=True)
         metric.update(candidate[:count], real=False)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # KID's subset sampling uses the global RNG: keep it reproducible
+            # KID's subset sampling uses the global CPU generator: seed it (and only it) for
+            # reproducibility. torch.manual_seed would also reseed every CUDA generator, outside the
+            # fork, so each evaluation would replay training's latents, noise and ADA draws.
+            torch.default_generator.manual_seed(0)
             value = metric.compute()
         if self.name == "kid":
             return {"kid": float(value[0])}

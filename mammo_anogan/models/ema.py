@@ -9,7 +9,7 @@ be dominated by the random initialisation for the first tens of kimg.
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 def ema_beta(batch_size: int, cur_nimg: int, ema_kimg: float, ema_rampup: float | None = None) -> float:
@@ -25,17 +25,26 @@ def ema_beta(batch_size: int, cur_nimg: int, ema_kimg: float, ema_rampup: float 
 
 
 @torch.no_grad()
-def update_ema(ema_model: nn.Module, model: nn.Module, beta: float) -> None:
+def update_ema(ema_model: nn.Module, model: nn.Module, beta: float, skip: Tensor | None = None) -> None:
     """``ema = beta * ema + (1 - beta) * model`` for parameters; buffers (``w_avg``, noise) are copied.
 
-    One fused ``_foreach`` call per kind, not a Python loop of small kernels per tensor.
+    One fused ``_foreach`` call per kind, not a Python loop of small kernels per tensor; both models
+    should share a memory format (channels_last on GPU), or the foreach kernels fall off their fast
+    path. ``skip`` (a 0-d device tensor, 1 = skip) leaves the parameters unchanged without a host
+    sync: the step is computed with the weight ``(1 - beta) * (1 - skip)``.
     """
     ema_params = list(ema_model.parameters())
     params = [p.detach() for p in model.parameters()]
     if len(ema_params) != len(params):
         raise ValueError("EMA model and model have different parameter lists")
-    if ema_params:
+    if ema_params and skip is None:
         torch._foreach_lerp_(ema_params, params, 1.0 - float(beta))
+    elif ema_params:
+        assert skip is not None
+        weight = (1.0 - skip.float()) * (1.0 - float(beta))
+        deltas = torch._foreach_sub(params, ema_params)
+        torch._foreach_mul_(deltas, weight)
+        torch._foreach_add_(ema_params, deltas)
     ema_buffers = list(ema_model.buffers())
     buffers = list(model.buffers())
     if len(ema_buffers) != len(buffers):

@@ -42,6 +42,8 @@ from mammo_anogan.models.losses import (
 from mammo_anogan.models.stylegan2 import AdaController, AugmentPipe, Discriminator, Generator, save_network
 from mammo_anogan.training.nonfinite import ON_NONFINITE_CHOICES, NonFiniteError
 from mammo_anogan.utils.errors import ConfigError
+from mammo_anogan.utils.profiling import phase
+from mammo_anogan.utils.torch_compat import supports_fused_adam
 
 OPTIMIZER_DEFAULTS: dict[str, Any] = {"g_lr": 0.0025, "d_lr": 0.0025, "betas": [0.0, 0.99], "eps": 1e-8}
 LOSS_DEFAULTS: dict[str, Any] = {
@@ -52,7 +54,11 @@ LOSS_DEFAULTS: dict[str, Any] = {
     "pl_decay": 0.01,
     "pl_batch_shrink": 2,
     "style_mixing_prob": 0.9,
+    "reg_precision": "fp32",
 }
+#: ``model.loss.reg_precision``: the lazy regularisers (R1, path length) in fp32 with autocast off, or
+#: under the trainer's autocast like the main phases (the squared norms are summed in fp32 either way).
+REG_PRECISIONS = ("fp32", "autocast")
 EMA_DEFAULTS: dict[str, Any] = {"kimg": 10.0, "rampup": 0.05}
 ADA_DEFAULTS: dict[str, Any] = {
     "enabled": "auto",
@@ -99,25 +105,27 @@ def _rank() -> int:
     return 0
 
 
-def _average_gradients(params: list[nn.Parameter], loss: Tensor) -> bool:
-    """Average ``.grad`` over ranks with one flat all-reduce; return whether loss and gradients are finite.
+def _average_gradients(grads: list[Tensor], loss: Tensor) -> Tensor:
+    """Average ``grads`` over ranks (one flat all-reduce) and return a 0-d fp32 flag, 1 = non-finite.
 
-    One concatenated buffer keeps it to a single collective per phase instead of one per tensor. The
-    loss rides along as ``loss * 0`` (NaN for a NaN/Inf loss), so after the all-reduce every rank sees
-    the same verdict and takes the same decision; the check costs one host sync per phase. NaN/Inf are
-    *detected* (and the step refused by the caller), not silently zeroed, so a diverging run is noticed.
+    The flag covers the loss and every gradient and is computed on the device (``_foreach_norm``): no
+    host sync. Under DDP the loss rides along in the flat buffer as ``loss * 0`` (NaN for a NaN/Inf
+    loss), so after the all-reduce every rank sees the same verdict and takes the same decision. With
+    one process nothing is flattened or copied. NaN/Inf are *detected* (and the step refused by the
+    caller), never silently zeroed, so a diverging run is noticed.
     """
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.flatten() for g in grads] + [(loss.detach().float() * 0).reshape(1)])
     world = _world_size()
     if world > 1:
+        flat = torch.cat([g.flatten() for g in grads] + [(loss.detach().float() * 0).reshape(1)])
         torch.distributed.all_reduce(flat)
         flat /= world
-    finite = bool(torch.isfinite(flat).all())
-    if finite and grads:
-        chunks = flat[:-1].split([g.numel() for g in grads])
-        torch._foreach_copy_(grads, [chunk.view_as(g) for chunk, g in zip(chunks, grads)])
-    return finite
+        if grads:
+            chunks = flat[:-1].split([g.numel() for g in grads])
+            torch._foreach_copy_(grads, [chunk.view_as(g) for chunk, g in zip(chunks, grads)])
+        return (~torch.isfinite(flat).all()).float()
+    norms = [n.float() for n in torch._foreach_norm(grads)] if grads else []
+    values = torch.stack([loss.detach().float().reshape(()), *norms])
+    return (~torch.isfinite(values).all()).float()
 
 
 def _requires_grad(module: nn.Module, flag: bool) -> None:
@@ -211,6 +219,7 @@ class StyleGAN2Module(LightningModule):
         compile: bool = False,
         on_nonfinite: str = "stop",
         r1_gamma: float | str | None = None,
+        nonfinite_check_interval: int | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -235,6 +244,7 @@ class StyleGAN2Module(LightningModule):
                 "num_train_images": num_train_images,
                 "compile": bool(compile),
                 "on_nonfinite": str(on_nonfinite),
+                "nonfinite_check_interval": nonfinite_check_interval,
             }
         )
         self.G = Generator(**generator_cfg)
@@ -253,6 +263,13 @@ class StyleGAN2Module(LightningModule):
         self.use_compile = bool(compile)
         self.on_nonfinite = str(on_nonfinite)
         self.nonfinite_skipped = 0  # minibatches whose updates were skipped for a NaN/Inf
+        # How often (minibatches) the host reads the device-side NaN/Inf record: None = every minibatch
+        # on the CPU (free there) and every 16 on a GPU (each read is a host-device sync).
+        self.nonfinite_check_interval = nonfinite_check_interval
+        self._nf: dict[str, Tensor] = {}  # device-side NaN/Inf record, see _record_nonfinite
+        self._device_skip = False  # fused Adam skips non-finite steps on the device (found_inf)
+        self._nf_base = 0
+        self._last_global_batch = 1
         self.cur_nimg = 0
         self.num_iterations = 0  # minibatches processed: drives the lazy-regularisation intervals
         self.r1_gamma: float | None = None  # resolved in setup() from the global batch size
@@ -272,6 +289,14 @@ class StyleGAN2Module(LightningModule):
         if not 0.0 <= float(loss["style_mixing_prob"]) <= 1.0:
             raise ConfigError(
                 f"model.loss.style_mixing_prob must be in [0, 1], got {loss['style_mixing_prob']}"
+            )
+        if str(loss["reg_precision"]) not in REG_PRECISIONS:
+            raise ConfigError(
+                f"model.loss.reg_precision={loss['reg_precision']!r}: use one of {', '.join(REG_PRECISIONS)}"
+            )
+        if self.nonfinite_check_interval is not None and int(self.nonfinite_check_interval) < 1:
+            raise ConfigError(
+                f"model.nonfinite_check_interval must be >= 1 or null, got {self.nonfinite_check_interval}"
             )
         if float(loss["pl_weight"]) < 0:
             raise ConfigError(f"model.loss.pl_weight must be >= 0, got {loss['pl_weight']}")
@@ -352,8 +377,9 @@ class StyleGAN2Module(LightningModule):
                 "clamping); use bf16-mixed on GPU or 32-true"
             )
         if self.device.type == "cuda":
-            self.G.to(memory_format=torch.channels_last)
-            self.D.to(memory_format=torch.channels_last)
+            # G_ema too: the foreach EMA update falls off its fast path when the formats differ.
+            for network in (self.G, self.G_ema, self.D):
+                network.to(memory_format=torch.channels_last)
         if self.use_compile:
             # Main phases only: the regularisers need double backward, which compiled graphs lack.
             self._compiled = {"synthesis": torch.compile(self.G.synthesis), "D": torch.compile(self.D)}
@@ -362,8 +388,13 @@ class StyleGAN2Module(LightningModule):
         cfg = self.optimizer_cfg
         g_lr, g_betas = lazy_regularization_adam(cfg["g_lr"], cfg["betas"], self._g_reg_interval())
         d_lr, d_betas = lazy_regularization_adam(cfg["d_lr"], cfg["betas"], self._d_reg_interval())
-        opt_g = torch.optim.Adam(self.G.parameters(), lr=g_lr, betas=g_betas, eps=float(cfg["eps"]))
-        opt_d = torch.optim.Adam(self.D.parameters(), lr=d_lr, betas=d_betas, eps=float(cfg["eps"]))
+        # Fused Adam (one kernel per step) reads ``found_inf`` and skips a non-finite step on the device,
+        # so the training step needs no host sync; without it (CPU on torch < 2.4) the host decides.
+        self._device_skip = supports_fused_adam(self.device.type)
+        extra = {"fused": True} if self._device_skip else {}
+        eps = float(cfg["eps"])
+        opt_g = torch.optim.Adam(self.G.parameters(), lr=g_lr, betas=g_betas, eps=eps, **extra)
+        opt_d = torch.optim.Adam(self.D.parameters(), lr=d_lr, betas=d_betas, eps=eps, **extra)
         return [opt_g, opt_d]
 
     def _g_reg_interval(self) -> int:
@@ -392,143 +423,206 @@ class StyleGAN2Module(LightningModule):
         )
 
     def _fp32(self) -> Any:
-        """Autocast off: regulariser gradients and their squares need fp32 range and precision."""
+        """Autocast off (fp32), e.g. for sampling from G_ema."""
         if self.device.type in ("cuda", "cpu"):
             return torch.autocast(self.device.type, enabled=False)
         return nullcontext()
+
+    def _regularizer_precision(self) -> Any:
+        """``loss.reg_precision``: fp32 (autocast off) or the trainer's autocast, for R1 / path length."""
+        return self._fp32() if str(self.loss_cfg["reg_precision"]) == "fp32" else nullcontext()
 
     def _generate_for_training(self, batch: int, update_w_avg: bool = False) -> tuple[Tensor, Tensor]:
         z1, z2 = self._latents(batch)
         ws = self.G.mix_styles(z1, z2, float(self.loss_cfg["style_mixing_prob"]), update_w_avg=update_w_avg)
         return self._synthesis(ws), ws
 
-    def _optimizer_step(self, optimizer: Any, network: nn.Module, loss: Tensor) -> bool:
-        """Backward, average, and step only when loss and gradients are finite; returns whether it stepped."""
+    # Phase codes of the device-side NaN/Inf record (for the error message).
+    _PHASES = {1: "G", 2: "path-length", 3: "D", 4: "R1"}
+
+    def _phase_step(self, optimizer: Any, network: nn.Module, loss: Tensor, bad: Tensor, code: int) -> Tensor:
+        """Backward, average, and step unless the minibatch met NaN/Inf; returns the updated ``bad`` flag.
+
+        ``bad`` (0-d fp32 on the device, 1 = non-finite seen in this minibatch) makes every later phase
+        of the minibatch skip its update too, as a skipped minibatch should. With fused Adam the skip
+        happens on the device (``found_inf``); otherwise the host reads the flag (CPU: no real sync).
+        """
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        if not _average_gradients(list(network.parameters()), loss):
+        grads = [p.grad for p in network.parameters() if p.grad is not None]
+        found = _average_gradients(grads, loss)
+        phase_code = self._nf["minibatch_phase"]
+        phase_code.copy_(torch.where((found > 0) & (bad == 0), torch.full_like(phase_code, code), phase_code))
+        bad = torch.maximum(bad, found)
+        torch_optimizer = getattr(optimizer, "optimizer", optimizer)  # unwrap LightningOptimizer
+        if self._device_skip:
+            torch_optimizer.found_inf = bad
+            optimizer.step()
+        elif bool(bad):
             optimizer.zero_grad(set_to_none=True)
-            return False
-        optimizer.step()
-        return True
+        else:
+            optimizer.step()
+        return bad
 
     def _last_checkpoint_path(self) -> str:
         trainer = self._trainer
         paths = [getattr(c, "last_model_path", "") for c in (trainer.checkpoint_callbacks if trainer else [])]
         return next((p for p in paths if p), "") or "none written yet"
 
-    def _nonfinite(self, phase: str, logs: dict[str, Tensor | float]) -> None:
-        """A phase met NaN/Inf: raise (``stop``) or count the skipped minibatch (``skip``)."""
+    def _init_nonfinite_record(self) -> None:
+        if self._nf and self._nf["count"].device == self.device:
+            return
+        device = self.device
+        self._nf = {
+            "count": torch.zeros((), device=device),  # minibatches skipped so far (this segment)
+            "first_nimg": torch.full((), -1, dtype=torch.int64, device=device),
+            "first_phase": torch.full((), -1, dtype=torch.int64, device=device),
+            "minibatch_phase": torch.full((), -1, dtype=torch.int64, device=device),
+        }
+        self._nf_base = self.nonfinite_skipped  # restored from a checkpoint
+
+    def _record_nonfinite(self, bad: Tensor) -> None:
+        """Add this minibatch's verdict to the device-side record (count, first kimg, first phase)."""
+        nf = self._nf
+        first = (bad > 0) & (nf["first_nimg"] < 0)
+        nf["first_nimg"].copy_(
+            torch.where(first, torch.full_like(nf["first_nimg"], self.cur_nimg), nf["first_nimg"])
+        )
+        nf["first_phase"].copy_(torch.where(first, nf["minibatch_phase"], nf["first_phase"]))
+        nf["count"].add_(bad)
+
+    def _check_interval(self) -> int:
+        if self.nonfinite_check_interval is not None:
+            return int(self.nonfinite_check_interval)
+        return 1 if self.device.type == "cpu" else 16
+
+    def check_nonfinite(self) -> None:
+        """Read the device-side NaN/Inf record (one host sync): raise (``stop``) or count (``skip``).
+
+        Called every ``nonfinite_check_interval`` minibatches and before every checkpoint, so a
+        ``stop`` run never writes a checkpoint after the minibatch that met the NaN.
+        """
+        if not self._nf:
+            return
+        count = int(self._nf["count"].item())
+        if count == 0:
+            return
         if self.on_nonfinite == "stop":
-            where = f"kimg {self.kimg:.3f} (minibatch {self.num_iterations})"
+            first_nimg = int(self._nf["first_nimg"].item())
+            phase = self._PHASES.get(int(self._nf["first_phase"].item()), "?")
+            batch = max(1, self._last_global_batch)
+            where = f"kimg {first_nimg / 1000:.3f} (minibatch {first_nimg // batch})"
             raise NonFiniteError(
                 f"non-finite {phase} loss or gradient at {where}; training stopped, weights not updated; "
                 f"last good checkpoint: {self._last_checkpoint_path()} "
                 "(resume with ckpt_path=last, or set model.on_nonfinite=skip)"
             )
-        self.nonfinite_skipped += 1
-        logs.clear()
+        self.nonfinite_skipped = self._nf_base + count
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         reals = batch["image"] if isinstance(batch, Mapping) else batch[0]
         if self.device.type == "cuda":
             reals = reals.contiguous(memory_format=torch.channels_last)
+        self._init_nonfinite_record()
         local_batch = reals.shape[0]
         global_batch = local_batch * self.world_size
+        self._last_global_batch = global_batch
         opt_g, opt_d = self.optimizers()
         iteration = self.num_iterations
         logs: dict[str, Tensor | float] = {}
+        self._nf["minibatch_phase"].fill_(-1)
+        bad = torch.zeros((), device=self.device)
 
         # Phase 1: G main.
-        _requires_grad(self.G, True)
-        _requires_grad(self.D, False)
-        fakes, _ = self._generate_for_training(local_batch, update_w_avg=True)
-        fake_logits = self._discriminate(fakes)
-        loss_g = g_nonsaturating_loss(fake_logits)
-        ok = self._optimizer_step(opt_g, self.G, loss_g)
-        logs["train/loss_g"] = loss_g.detach()
-        if not ok:
-            self._nonfinite("G", logs)
-            return self._end_step(global_batch, local_batch, logs, skipped=True)
+        with phase("G_main"):
+            _requires_grad(self.G, True)
+            _requires_grad(self.D, False)
+            fakes, _ = self._generate_for_training(local_batch, update_w_avg=True)
+            fake_logits = self._discriminate(fakes)
+            loss_g = g_nonsaturating_loss(fake_logits)
+            bad = self._phase_step(opt_g, self.G, loss_g, bad, code=1)
+            logs["train/loss_g"] = loss_g.detach()
 
-        # Phase 2: lazy path-length regularisation (fp32, smaller batch).
+        # Phase 2: lazy path-length regularisation (smaller batch).
         g_interval = self._g_reg_interval()
         if g_interval and iteration % g_interval == 0:
-            pl_batch = max(1, local_batch // int(self.loss_cfg["pl_batch_shrink"]))
-            pl_mean_before = self.path_length.pl_mean.detach().clone()
-            with self._fp32():
-                z1, z2 = self._latents(pl_batch)
-                ws = self.G.mix_styles(z1, z2, float(self.loss_cfg["style_mixing_prob"]))
-                images = self.G.synthesis(ws)
-                penalty = self.path_length(images.float(), ws)
-                loss_pl = penalty.mean() * float(self.loss_cfg["pl_weight"]) * g_interval
-            if not self._optimizer_step(opt_g, self.G, loss_pl):
-                self.path_length.pl_mean.copy_(pl_mean_before)  # the running mean saw the NaN too
-                self._nonfinite("path-length", logs)
-                return self._end_step(global_batch, local_batch, logs, skipped=True)
-            logs["train/loss_pl"] = loss_pl.detach()
-            logs["train/pl_mean"] = self.path_length.pl_mean.detach().clone()
+            with phase("G_path_length"):
+                pl_batch = max(1, local_batch // int(self.loss_cfg["pl_batch_shrink"]))
+                pl_mean_before = self.path_length.pl_mean.detach().clone()
+                with self._regularizer_precision():
+                    z1, z2 = self._latents(pl_batch)
+                    ws = self.G.mix_styles(z1, z2, float(self.loss_cfg["style_mixing_prob"]))
+                    images = self.G.synthesis(ws)
+                    penalty = self.path_length(images.float(), ws)
+                    loss_pl = penalty.mean() * float(self.loss_cfg["pl_weight"]) * g_interval
+                bad = self._phase_step(opt_g, self.G, loss_pl, bad, code=2)
+                # the running mean saw the NaN too: keep the old one for a skipped minibatch
+                pl_mean = self.path_length.pl_mean
+                pl_mean.copy_(torch.where(bad > 0, pl_mean_before, pl_mean))
+                logs["train/loss_pl"] = loss_pl.detach()
+                logs["train/pl_mean"] = pl_mean.detach().clone()
 
         # Phase 3: D main.
-        _requires_grad(self.G, False)
-        _requires_grad(self.D, True)
-        with torch.no_grad():
-            fakes, _ = self._generate_for_training(local_batch)
-        fake_logits = self._discriminate(fakes)
-        real_logits = self._discriminate(reals)
-        loss_d = d_logistic_loss(real_logits, fake_logits)
-        if not self._optimizer_step(opt_d, self.D, loss_d):
-            self._nonfinite("D", logs)
-            return self._end_step(global_batch, local_batch, logs, skipped=True)
-        if self.ada is not None:
-            self.ada.accumulate(real_logits)
-        logs["train/loss_d"] = loss_d.detach()
-        logs["train/d_real"] = real_logits.detach().float().mean()
-        logs["train/d_fake"] = fake_logits.detach().float().mean()
+        with phase("D_main"):
+            _requires_grad(self.G, False)
+            _requires_grad(self.D, True)
+            with torch.no_grad():
+                fakes, _ = self._generate_for_training(local_batch)
+            fake_logits = self._discriminate(fakes)
+            real_logits = self._discriminate(reals)
+            loss_d = d_logistic_loss(real_logits, fake_logits)
+            bad = self._phase_step(opt_d, self.D, loss_d, bad, code=3)
+            if self.ada is not None:
+                self.ada.accumulate(real_logits, weight=1.0 - bad)
+            logs["train/loss_d"] = loss_d.detach()
+            logs["train/d_real"] = real_logits.detach().float().mean()
+            logs["train/d_fake"] = fake_logits.detach().float().mean()
 
-        # Phase 4: lazy R1 on (un-augmented) reals, fp32.
+        # Phase 4: lazy R1 on reals (through the same augmentation as D main, as in ADA).
         d_interval = self._d_reg_interval()
         if d_interval and self.r1_gamma and iteration % d_interval == 0:
-            with self._fp32():
-                reals_r1 = reals.detach().float().requires_grad_(True)
-                logits_r1 = self.D(self._augment(reals_r1))
-                loss_r1 = r1_loss(reals_r1, logits_r1, self.r1_gamma, d_interval)
-            if not self._optimizer_step(opt_d, self.D, loss_r1):
-                self._nonfinite("R1", logs)
-                return self._end_step(global_batch, local_batch, logs, skipped=True)
-            logs["train/loss_r1"] = loss_r1.detach()
-        self._end_step(global_batch, local_batch, logs, skipped=False)
+            with phase("D_r1"):
+                with self._regularizer_precision():
+                    reals_r1 = reals.detach().float().requires_grad_(True)
+                    logits_r1 = self.D(self._augment(reals_r1))
+                    loss_r1 = r1_loss(reals_r1, logits_r1, self.r1_gamma, d_interval)
+                bad = self._phase_step(opt_d, self.D, loss_r1, bad, code=4)
+                logs["train/loss_r1"] = loss_r1.detach()
+        with phase("step_end"):
+            self._end_step(global_batch, local_batch, logs, bad)
 
     def _end_step(
-        self, global_batch: int, local_batch: int, logs: dict[str, Tensor | float], skipped: bool
+        self, global_batch: int, local_batch: int, logs: dict[str, Tensor | float], bad: Tensor
     ) -> None:
-        """G_ema, image counter, ADA and logging; a skipped minibatch still counts as shown (kimg advances,
-        so a run that keeps meeting NaN still ends) but leaves G_ema and ADA untouched."""
+        """G_ema, image counter, ADA and logging. A skipped minibatch (``bad``) still counts as shown (kimg
+        advances, so a run that keeps meeting NaN still ends) but leaves G_ema untouched; all of it
+        without a host sync. Every ``nonfinite_check_interval`` minibatches the host reads the record."""
         _requires_grad(self.D, False)
         self._sync_w_avg()
-        if skipped:
-            self.cur_nimg += global_batch
-            self.num_iterations += 1
-            logs["train/nonfinite_skipped"] = float(self.nonfinite_skipped)
-            logs["train/kimg"] = float(self.kimg)
-            self.log_dict(logs, on_step=True, on_epoch=False, batch_size=local_batch, sync_dist=False)
-            return
+        self._record_nonfinite(bad)
         beta = ema_beta(global_batch, self.cur_nimg, float(self.ema_cfg["kimg"]), self.ema_cfg["rampup"])
-        update_ema(self.G_ema, self.G, beta)
+        update_ema(self.G_ema, self.G, beta, skip=bad)
         self.cur_nimg += global_batch
         self.num_iterations += 1
         if self.ada is not None and self.augment_pipe is not None:
             self.ada.update(self.augment_pipe, global_batch)
             logs["train/ada_p"] = self.augment_pipe.p.detach().float().clone()
-            if self.ada.r_t == self.ada.r_t:  # not NaN: at least one update happened
-                logs["train/ada_rt"] = float(self.ada.r_t)
-        logs["train/kimg"] = float(self.kimg)
+            if self.ada.r_t_tensor is not None:
+                logs["train/ada_rt"] = self.ada.r_t_tensor
+        if self.num_iterations % self._check_interval() == 0:
+            self.check_nonfinite()
+        # Python floats are logged as device scalars made by a fill kernel: Lightning would turn a float
+        # into torch.tensor(value, device=cuda), a synchronous host-to-device copy at every step.
+        logs["train/kimg"] = self._device_scalar(self.kimg)
         if self.nonfinite_skipped:
-            logs["train/nonfinite_skipped"] = float(self.nonfinite_skipped)
+            logs["train/nonfinite_skipped"] = self._device_scalar(self.nonfinite_skipped)
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=local_batch, sync_dist=False)
         self.log(
             "train/loss_g_bar", logs["train/loss_g"], prog_bar=True, logger=False, batch_size=local_batch
         )
+
+    def _device_scalar(self, value: float) -> Tensor:
+        return torch.full((), float(value), device=self.device)
 
     def _sync_w_avg(self) -> None:
         """Average G's running mean of w over ranks (after phase 1 updated it from local latents).
@@ -565,6 +659,7 @@ class StyleGAN2Module(LightningModule):
     # ------------------------------------------------------------------ checkpoint state
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Everything a bit-exact resume needs beyond the state dict and optimiser states."""
+        self.check_nonfinite()  # a `stop` run never writes a checkpoint after a non-finite minibatch
         checkpoint["stylegan2"] = {
             "cur_nimg": int(self.cur_nimg),
             "num_iterations": int(self.num_iterations),

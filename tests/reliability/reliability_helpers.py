@@ -25,8 +25,10 @@ TINY_TRAIN = (
 def entry_env() -> dict[str, str]:
     """The environment of a user's shell: offline W&B, one thread, no HYDRA_FULL_ERROR."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    # the project first; keep what was there (e.g. packages installed with --target on a GPU node)
+    python_path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env.update(
-        PYTHONPATH=str(PROJECT_ROOT),
+        PYTHONPATH=python_path,
         WANDB_MODE="offline",
         WANDB_SILENT="true",
         OMP_NUM_THREADS="1",

@@ -23,36 +23,37 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mammo_anogan.models.ops import grid_sample_2x
+
 # Upper bound for p: p = 1 would leak augmentations into G (ADA sec. 2.3); keep it strictly below 1.
 P_MAX = 1.0 - 1e-6
 
+#: Geometric ops in the order they are composed (ADA appendix B.1: the 'blit' then the 'geom' group);
+#: ``rotate`` appears twice (before and after the anisotropic scaling).
+GEOMETRIC_OPS = ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "rotate", "xfrac")
+COLOR_OPS = ("brightness", "contrast")
 
-def _eye(batch: int, device: torch.device) -> Tensor:
-    return torch.eye(3, device=device).expand(batch, 3, 3).clone()
+
+def _affine(a: Tensor, b: Tensor, c: Tensor, d: Tensor, tx: Tensor, ty: Tensor) -> Tensor:
+    """Per-sample 3x3 matrices ``[[a, b, tx], [c, d, ty], [0, 0, 1]]`` from ``[B]`` tensors (one stack)."""
+    zero, one = torch.zeros_like(a), torch.ones_like(a)
+    return torch.stack([a, b, tx, c, d, ty, zero, zero, one], dim=1).reshape(-1, 3, 3)
 
 
 def translate2d(tx: Tensor, ty: Tensor) -> Tensor:
-    m = _eye(tx.shape[0], tx.device)
-    m[:, 0, 2] = tx
-    m[:, 1, 2] = ty
-    return m
+    one, zero = torch.ones_like(tx), torch.zeros_like(tx)
+    return _affine(one, zero, zero, one, tx, ty)
 
 
 def scale2d(sx: Tensor, sy: Tensor) -> Tensor:
-    m = _eye(sx.shape[0], sx.device)
-    m[:, 0, 0] = sx
-    m[:, 1, 1] = sy
-    return m
+    zero = torch.zeros_like(sx)
+    return _affine(sx, zero, zero, sy, zero, zero)
 
 
 def rotate2d(theta: Tensor) -> Tensor:
-    m = _eye(theta.shape[0], theta.device)
     cos, sin = torch.cos(theta), torch.sin(theta)
-    m[:, 0, 0] = cos
-    m[:, 0, 1] = -sin
-    m[:, 1, 0] = sin
-    m[:, 1, 1] = cos
-    return m
+    zero = torch.zeros_like(theta)
+    return _affine(cos, -sin, sin, cos, zero, zero)
 
 
 class AugmentPipe(nn.Module):
@@ -62,8 +63,12 @@ class AugmentPipe(nn.Module):
     Strengths follow ADA's defaults: integer translation up to 0.125 of the size, scale and aniso
     2^N(0, 0.2) (lognormal std 0.2*ln2), rotation U(-pi, pi) applied twice with probability
     1 - sqrt(1 - p) each, fractional translation N(0, 0.125) of the size, brightness N(0, 0.2),
-    contrast 2^N(0, 0.5). p = 0 returns the input unchanged bit for bit, and no host sync is needed
-    (p stays on the device), so the pipe can run every step of a GPU training loop.
+    contrast 2^N(0, 0.5). p = 0 returns the input unchanged bit for bit.
+
+    GPU notes: ``p`` stays on the device and every random draw is made there in three batched calls
+    (no host sync, a few dozen kernels per call); the geometry (matrices, sampling grid, bilinear
+    resampling) runs in fp32 with autocast disabled, and the resampling is
+    :func:`mammo_anogan.models.ops.grid_sample_2x`, which R1 can differentiate twice on any torch.
     """
 
     def __init__(
@@ -99,97 +104,108 @@ class AugmentPipe(nn.Module):
         self.aniso_std, self.xfrac_std = float(aniso_std), float(xfrac_std)
         self.brightness_std, self.contrast_std = float(brightness_std), float(contrast_std)
         self.register_buffer("p", torch.tensor(float(p)))
+        multipliers = [getattr(self, name) for name in GEOMETRIC_OPS + COLOR_OPS]
+        self.register_buffer("multipliers", torch.tensor(multipliers), persistent=False)
+        rotation = [name == "rotate" for name in GEOMETRIC_OPS + COLOR_OPS]
+        self.register_buffer("is_rotation", torch.tensor(rotation), persistent=False)
+        self.register_buffer("eye", torch.eye(3), persistent=False)
+        self._to_normalised: dict[tuple[int, int], Tensor] = {}
+
+    @property
+    def geometric_enabled(self) -> bool:
+        return any(getattr(self, name) > 0 for name in GEOMETRIC_OPS)
 
     @torch.no_grad()
     def set_p(self, value: float) -> None:
         self.p.fill_(float(value))
 
-    def _chosen(
-        self, batch: int, multiplier: float, device: torch.device, prob: Tensor | None = None
+    def _op_probabilities(self) -> Tensor:
+        """Probability of each op in GEOMETRIC_OPS + COLOR_OPS, [10] fp32 (device-side, no sync).
+
+        A rotation is applied twice, each with 1 - sqrt(1 - p * rotate), so that the probability of
+        "some rotation" is p * rotate (ADA appendix B.1).
+        """
+        q = (self.p.float() * self.multipliers).clamp(0.0, 1.0)
+        q_rotation = 1.0 - torch.sqrt(1.0 - q)
+        return torch.where(self.is_rotation, q_rotation, q)
+
+    def _draw(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """``chosen [B, 10]`` (op applied?), uniforms ``[B, 6]``, normals ``[B, 6]``: three RNG calls."""
+        chosen = torch.rand(batch, len(GEOMETRIC_OPS) + len(COLOR_OPS), device=device)
+        chosen = chosen < self._op_probabilities().to(device)
+        return chosen, torch.rand(batch, 6, device=device), torch.randn(batch, 6, device=device)
+
+    def _geometric_matrix(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        device: torch.device,
+        draws: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> Tensor:
-        """Per-sample boolean: apply this op? (probability p * multiplier, or ``prob`` if given)."""
-        prob = self.p * multiplier if prob is None else prob
-        return torch.rand(batch, device=device) < prob
-
-    def _geometric_matrix(self, batch: int, height: int, width: int, device: torch.device) -> Tensor:
-        """Inverse transform (output pixel -> input pixel, centred pixel units) per sample, [B, 3, 3]."""
-        g = _eye(batch, device)
-        zeros = torch.zeros(batch, device=device)
-
-        if self.xflip > 0:
-            flip = torch.randint(0, 2, (batch,), device=device).float()
-            flip = torch.where(self._chosen(batch, self.xflip, device), flip, zeros)
-            g = g @ scale2d(1 - 2 * flip, torch.ones_like(flip))
-        if self.rotate90 > 0:
-            quarter = torch.randint(0, 4, (batch,), device=device).float()
-            quarter = torch.where(self._chosen(batch, self.rotate90, device), quarter, zeros)
+        """Inverse transform (output pixel -> input pixel, centred pixel units) per sample, [B, 3, 3] fp32."""
+        with torch.autocast(device_type=device.type, enabled=False):
+            chosen, u, n = self._draw(batch, device) if draws is None else draws
+            c = chosen.float()
+            flip = c[:, 0] * (u[:, 0] < 0.5).float()
+            quarter = c[:, 1] * torch.floor(u[:, 1] * 4).clamp(max=3)
+            shift_x = c[:, 2] * (u[:, 2] * 2 - 1) * self.xint_max
+            shift_y = c[:, 2] * (u[:, 3] * 2 - 1) * self.xint_max
+            iso = torch.exp2(c[:, 3] * n[:, 0] * self.scale_std)
+            theta1 = c[:, 4] * (u[:, 4] * 2 - 1) * math.pi * self.rotate_max
+            aniso = torch.exp2(c[:, 5] * n[:, 1] * self.aniso_std)
+            theta2 = c[:, 6] * (u[:, 5] * 2 - 1) * math.pi * self.rotate_max
+            frac_x = c[:, 7] * n[:, 2] * self.xfrac_std * width
+            frac_y = c[:, 7] * n[:, 3] * self.xfrac_std * height
+            g = scale2d(1 - 2 * flip, torch.ones_like(flip))
             g = g @ rotate2d(-math.pi / 2 * quarter)
-        if self.xint > 0:
-            shift = (torch.rand(batch, 2, device=device) * 2 - 1) * self.xint_max
-            shift = torch.where(self._chosen(batch, self.xint, device)[:, None], shift, 0.0)
-            g = g @ translate2d(torch.round(shift[:, 0] * width), torch.round(shift[:, 1] * height))
-        if self.scale > 0:
-            s = torch.exp2(torch.randn(batch, device=device) * self.scale_std)
-            s = torch.where(self._chosen(batch, self.scale, device), s, 1.0)
-            g = g @ scale2d(s, s)
-        # rotation is applied before and after anisotropic scaling; each with 1 - sqrt(1 - p) so that the
-        # probability of "some rotation" is p (ADA appendix B.1)
-        p_rot = 1 - torch.sqrt((1 - self.p * self.rotate).clamp(0, 1))
-        if self.rotate > 0:
-            theta = (torch.rand(batch, device=device) * 2 - 1) * math.pi * self.rotate_max
-            theta = torch.where(self._chosen(batch, 1.0, device, prob=p_rot), theta, zeros)
-            g = g @ rotate2d(-theta)
-        if self.aniso > 0:
-            s = torch.exp2(torch.randn(batch, device=device) * self.aniso_std)
-            s = torch.where(self._chosen(batch, self.aniso, device), s, 1.0)
-            g = g @ scale2d(s, 1 / s)
-        if self.rotate > 0:
-            theta = (torch.rand(batch, device=device) * 2 - 1) * math.pi * self.rotate_max
-            theta = torch.where(self._chosen(batch, 1.0, device, prob=p_rot), theta, zeros)
-            g = g @ rotate2d(-theta)
-        if self.xfrac > 0:
-            shift = torch.randn(batch, 2, device=device) * self.xfrac_std
-            shift = torch.where(self._chosen(batch, self.xfrac, device)[:, None], shift, 0.0)
-            g = g @ translate2d(shift[:, 0] * width, shift[:, 1] * height)
+            g = g @ translate2d(torch.round(shift_x * width), torch.round(shift_y * height))
+            g = g @ scale2d(iso, iso)
+            g = g @ rotate2d(-theta1)
+            g = g @ scale2d(aniso, 1 / aniso)
+            g = g @ rotate2d(-theta2)
+            g = g @ translate2d(frac_x, frac_y)
         return g
 
+    def _normalising_factor(self, height: int, width: int, device: torch.device) -> Tensor:
+        """``[2, 3]`` factor f with ``theta = g[:, :2] * f`` = S^-1 g S, S = diag(W/2, H/2, 1) (cached)."""
+        key = (height, width)
+        factor = self._to_normalised.get(key)
+        if factor is None or factor.device != device:
+            values = [[1.0, height / width, 2.0 / width], [width / height, 1.0, 2.0 / height]]
+            factor = torch.tensor(values, dtype=torch.float32).to(device)
+            self._to_normalised[key] = factor
+        return factor
+
     def _warp(self, x: Tensor, g: Tensor) -> Tensor:
-        """Resample ``x`` with the per-sample pixel-space matrices ``g`` (reflection padding)."""
-        batch, _, height, width = x.shape
-        # normalised coords n = S^-1 p with S = diag(W/2, H/2): theta = S^-1 g S
-        to_pixels = torch.diag(torch.tensor([width / 2, height / 2, 1.0], device=x.device))
-        to_norm = torch.diag(torch.tensor([2 / width, 2 / height, 1.0], device=x.device))
-        theta = (to_norm @ g @ to_pixels)[:, :2, :]
-        # sampling positions in fp32 even under autocast: bf16 coordinates would be off by whole pixels
-        grid = F.affine_grid(theta.float(), [batch, x.shape[1], height, width], align_corners=False)
-        warped = F.grid_sample(
-            x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False
-        )
-        warped = warped.to(x.dtype)
-        identity = (g - torch.eye(3, device=x.device)).abs().amax(dim=(1, 2)) == 0
+        """Resample ``x`` with the per-sample pixel-space matrices ``g`` (bilinear, reflection padding)."""
+        batch, channels, height, width = x.shape
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            g = g.float()
+            theta = g[:, :2, :] * self._normalising_factor(height, width, x.device)
+            grid = F.affine_grid(theta, [batch, channels, height, width], align_corners=False)
+            warped = grid_sample_2x(x, grid, padding_mode="reflection", align_corners=False).to(x.dtype)
+            identity = (g != self.eye).flatten(1).any(dim=1).logical_not()
         return torch.where(identity[:, None, None, None], x, warped)  # untouched samples stay bit-exact
 
-    def _color(self, x: Tensor) -> Tensor:
-        batch, device = x.shape[0], x.device
+    def _color(self, x: Tensor, chosen: Tensor, n: Tensor) -> Tensor:
+        offset = len(GEOMETRIC_OPS)
         if self.brightness > 0:
-            b = torch.randn(batch, device=device) * self.brightness_std
-            b = torch.where(self._chosen(batch, self.brightness, device), b, 0.0)
+            b = torch.where(chosen[:, offset], n[:, 4] * self.brightness_std, 0.0)
             x = x + b.to(x.dtype)[:, None, None, None]
         if self.contrast > 0:
-            c = torch.exp2(torch.randn(batch, device=device) * self.contrast_std)
-            c = torch.where(self._chosen(batch, self.contrast, device), c, 1.0)
+            c = torch.where(chosen[:, offset + 1], torch.exp2(n[:, 5] * self.contrast_std), 1.0)
             x = x * c.to(x.dtype)[:, None, None, None]
         return x
 
     def forward(self, x: Tensor) -> Tensor:
         torch._assert(x.ndim == 4, "AugmentPipe expects [B, C, H, W]")
         batch, _, height, width = x.shape
-        if any(
-            m > 0
-            for m in (self.xflip, self.rotate90, self.xint, self.scale, self.rotate, self.aniso, self.xfrac)
-        ):
-            x = self._warp(x, self._geometric_matrix(batch, height, width, x.device))
-        return self._color(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            draws = self._draw(batch, x.device)
+        if self.geometric_enabled:
+            x = self._warp(x, self._geometric_matrix(batch, height, width, x.device, draws))
+        return self._color(x, draws[0], draws[2])
 
     def extra_repr(self) -> str:
         ops = ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac", "brightness", "contrast")
@@ -197,12 +213,13 @@ class AugmentPipe(nn.Module):
 
 
 class AdaController:
-    """Adjusts ``aug.p`` from the sign of D's outputs on reals (ADA sec. 3).
+    """Adjusts ``aug.p`` from the sign of D's outputs on reals (ADA sec. 3), entirely on the device.
 
     ``accumulate(real_logits)`` after every D step adds sum(sign(D(real))) and the count to a device
-    tensor (no host sync). Every ``interval``-th ``update(aug, batch_size)`` computes
-    r_t = E[sign(D(real))] and moves p by sign(r_t - target) * batch_size * interval / (ada_kimg * 1000),
-    so p can sweep 0 -> 1 in ``ada_kimg`` thousand images. ``batch_size`` is the *global* batch.
+    tensor. Every ``interval``-th ``update(aug, batch_size)`` computes r_t = E[sign(D(real))] and moves
+    p by sign(r_t - target) * batch_size * interval / (ada_kimg * 1000), so p can sweep 0 -> 1 in
+    ``ada_kimg`` thousand images. ``batch_size`` is the *global* batch. Neither call synchronises
+    with the host: ``r_t`` and ``p`` are read lazily (properties) by loggers and checkpoints only.
 
     DDP: the [sum, count] tensor is all-reduced (summed over ranks) inside ``update`` when
     ``torch.distributed`` is initialised, so every rank computes the same r_t and p; pass
@@ -217,12 +234,29 @@ class AdaController:
         self.ada_kimg = float(ada_kimg)
         self._stats: Tensor | None = None  # [sum of signs, count]
         self._calls = 0
-        self.r_t = float("nan")
-        self.p = 0.0
+        self._r_t: Tensor | float = float("nan")
+        self._p: Tensor | float = 0.0
 
-    def accumulate(self, real_logits: Tensor) -> None:
+    @property
+    def r_t(self) -> float:
+        """The last overfitting heuristic E[sign(D(real))] (NaN before the first adjustment); syncs."""
+        return float(self._r_t)
+
+    @property
+    def r_t_tensor(self) -> Tensor | None:
+        """``r_t`` as a device tensor (for logging without a host sync), None before the first update."""
+        return self._r_t if isinstance(self._r_t, Tensor) else None
+
+    @property
+    def p(self) -> float:
+        """The augmentation probability after the last update (reads the device; syncs)."""
+        return float(self._p)
+
+    def accumulate(self, real_logits: Tensor, weight: Tensor | float = 1.0) -> None:
+        """Add sum(sign(logits)) and the count; ``weight`` (a 0-d device tensor) 0 leaves them out."""
         logits = real_logits.detach().float()
-        stats = torch.stack([logits.sign().sum(), torch.tensor(float(logits.numel()), device=logits.device)])
+        sign_sum = logits.sign().sum()
+        stats = torch.stack([sign_sum, torch.full_like(sign_sum, float(logits.numel()))]) * weight
         self._stats = stats if self._stats is None else self._stats.to(stats.device) + stats
 
     def _reduced_stats(self, all_reduce: bool) -> Tensor:
@@ -236,19 +270,19 @@ class AdaController:
     def update(self, aug: AugmentPipe, batch_size: int, all_reduce: bool = True) -> bool:
         """Count one training step; every ``interval`` steps adjust ``aug.p``. Returns True if it adjusted."""
         if self._calls == 0:
-            self.p = float(aug.p)  # start from the pipe's own p (e.g. a fixed initial value)
+            self._p = aug.p.detach().clone()  # start from the pipe's own p (e.g. a fixed initial value)
         self._calls += 1
         if self._calls % self.interval != 0 or self._stats is None:
             return False
-        sign_sum, count = self._reduced_stats(all_reduce).tolist()
+        stats = self._reduced_stats(all_reduce)
         self._stats = None
-        if count <= 0:
-            return False
-        self.r_t = sign_sum / count
-        adjust = math.copysign(1.0, self.r_t - self.target) if self.r_t != self.target else 0.0
-        step = adjust * batch_size * self.interval / (self.ada_kimg * 1000)
-        aug.p.copy_((aug.p + step).clamp(0.0, P_MAX))
-        self.p = float(aug.p)
+        sign_sum, count = stats[0], stats[1]
+        r_t = sign_sum / count.clamp(min=1.0)
+        step_size = batch_size * self.interval / (self.ada_kimg * 1000)
+        step = torch.sign(r_t - self.target) * step_size * (count > 0).to(r_t.dtype)
+        aug.p.copy_((aug.p + step.to(aug.p.dtype)).clamp(0.0, P_MAX))
+        self._r_t = torch.where(count > 0, r_t, torch.full_like(r_t, float("nan")))
+        self._p = aug.p.detach().clone()
         return True
 
     def state_dict(self) -> dict[str, Any]:
@@ -267,7 +301,7 @@ class AdaController:
         self.interval = int(state["interval"])
         self.ada_kimg = float(state["ada_kimg"])
         self._calls = int(state["calls"])
-        self.r_t = float(state["r_t"])
-        self.p = float(state["p"])
+        self._r_t = float(state["r_t"])
+        self._p = float(state["p"])
         stats = state.get("stats")
         self._stats = None if stats is None else torch.as_tensor(stats, dtype=torch.float32).clone()

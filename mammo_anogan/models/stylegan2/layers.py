@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,10 +39,29 @@ def make_fir_kernel(taps: Sequence[float] = DEFAULT_FIR_TAPS) -> Tensor:
     return kernel / kernel.sum()
 
 
+# Depthwise weights built from a FIR kernel are cached on the kernel tensor itself, per (channels, dtype,
+# gain): rebuilding them (flip, scale, cast, expand, make contiguous) at every call cost 3-4 kernel
+# launches per FIR filter. A buffer moved to another device is a new tensor, with a new cache.
+_CACHE_ATTRIBUTE = "_mammo_depthwise_cache"
+_CACHE_SIZE = 4
+
+
 def _depthwise(kernel: Tensor, channels: int, dtype: torch.dtype, gain: float = 1.0) -> Tensor:
-    """Repeat a [kh, kw] kernel for a depthwise (groups = channels) conv, flipped for true convolution."""
-    k = (kernel * gain).flip([0, 1]).to(dtype)
-    return k[None, None].expand(channels, 1, *k.shape)
+    """A [kh, kw] kernel as a contiguous depthwise (groups = channels) weight, flipped for convolution."""
+    key = (channels, dtype, float(gain), kernel._version)
+    compiling = hasattr(torch, "compiler") and torch.compiler.is_compiling()
+    cache: dict[tuple[Any, ...], Tensor] | None = None
+    if not compiling and not kernel.requires_grad:
+        cache = kernel.__dict__.setdefault(_CACHE_ATTRIBUTE, {})
+        if key in cache:
+            return cache[key]
+    k = (kernel.detach() * gain).flip([0, 1]).to(dtype)
+    weight = k[None, None].expand(channels, 1, *k.shape).contiguous()
+    if cache is not None:
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()
+        cache[key] = weight
+    return weight
 
 
 def fir_filter(x: Tensor, kernel: Tensor, pad: tuple[int, int], gain: float = 1.0) -> Tensor:
@@ -70,6 +90,44 @@ def downsample2d(x: Tensor, kernel: Tensor) -> Tensor:
     channels = x.shape[1]
     torch._assert(kernel.shape[0] == 4, "downsample2d expects a 4-tap kernel")
     return F.conv2d(x, _depthwise(kernel, channels, x.dtype), stride=2, padding=1, groups=channels)
+
+
+#: How the [1, 3, 3, 1] filter around a resolution change is applied (an implementation choice, equal
+#: in exact arithmetic; bench/train.py --resampling compares them on a GPU):
+#: "composed" (default): the filter folded into the 3x3 (or 1x1) weight, one (k+3)x(k+3) strided /
+#: transposed convolution on tensor cores. More FLOPs, but no depthwise pass: on an H200 (bf16,
+#: channels_last, 256 px, batch 32) cuDNN's depthwise kernels and their layout transforms took half of
+#: a main-phase iteration, which fell from ~250 ms to ~130 ms with this mode (docs/performance.md).
+#: "separate": a depthwise FIR convolution beside the strided convolution (the paper's formulation).
+RESAMPLING_MODES = ("composed", "separate")
+_RESAMPLING = {"mode": "composed"}
+
+
+def set_resampling_mode(mode: str) -> None:
+    """Select :data:`RESAMPLING_MODES` for every Conv2dLayer(down=2) / ModulatedConv2d(up=2)."""
+    if mode not in RESAMPLING_MODES:
+        raise ValueError(f"resampling mode must be one of {RESAMPLING_MODES}, got {mode!r}")
+    _RESAMPLING["mode"] = mode
+
+
+def resampling_mode() -> str:
+    return _RESAMPLING["mode"]
+
+
+def compose_fir(weight: Tensor, kernel: Tensor) -> Tensor:
+    """``[O, I, k, k]`` weight -> ``[O, I, k+t-1, k+t-1]``: its full correlation with a ``[t, t]`` kernel.
+
+    Down path: ``corr(corr(x, flip(f)), W) == corr(x, compose_fir(W, f))`` (blur, then strided conv).
+    Up path: a transposed conv with W followed by ``corr(., a)`` equals one transposed conv with
+    ``compose_fir(W, a)`` (padding 2 for a 3x3 W and 4 taps). Computed in fp32 with autocast off;
+    differentiable in ``weight``.
+    """
+    out_channels, in_channels, kh, kw = weight.shape
+    pad = kernel.shape[0] - 1
+    with torch.autocast(device_type=weight.device.type, enabled=False):
+        flat = weight.float().reshape(out_channels * in_channels, 1, kh, kw)
+        composed = F.conv2d(F.pad(flat, [pad, pad, pad, pad]), kernel.float()[None, None])
+    return composed.reshape(out_channels, in_channels, kh + pad, kw + pad)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,12 +191,18 @@ class FullyConnected(nn.Module):
         return self.weight * self.weight_gain
 
     def forward(self, x: Tensor) -> Tensor:
+        """``[B, in_features] -> [B, out_features]`` in fp32 whatever the autocast state.
+
+        Dense layers (mapping network, style affines, D's head) are a negligible share of the FLOPs,
+        and their outputs set the styles and w: the reference keeps them in fp32, and so do we.
+        """
         torch._assert(
             x.ndim == 2 and x.shape[1] == self.in_features, "FullyConnected: expected [B, in_features]"
         )
-        bias = self.bias * self.bias_gain if self.bias is not None else None
-        x = F.linear(x, self.effective_weight(), bias)
-        return bias_act(x, None, self.activation)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            bias = self.bias * self.bias_gain if self.bias is not None else None
+            x = F.linear(x.float(), self.effective_weight(), bias)
+            return bias_act(x, None, self.activation)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, act={self.activation}"
@@ -177,17 +241,48 @@ class Conv2dLayer(nn.Module):
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
 
     def forward(self, x: Tensor, gain: float = 1.0) -> Tensor:
+        """``[B, C_in, H, W] -> [B, C_out, H / down, W / down]``, equal to
+        ``bias_act(conv(x, w * weight_gain) , bias, activation, gain, clamp)``.
+
+        The activation's gain (sqrt 2 for lrelu) and ``gain`` are folded into the weight and the bias
+        (tiny tensors) instead of two extra passes over the activations: lrelu is positively
+        homogeneous, so ``lrelu(a * (x + b)) == a * lrelu(x + b)`` for ``a > 0``.
+        """
         torch._assert(x.ndim == 4 and x.shape[1] == self.in_channels, "Conv2dLayer: wrong input channels")
-        weight = (self.weight * self.weight_gain).to(x.dtype)
+        scale = gain * (LRELU_GAIN if self.activation == "lrelu" else 1.0)
+        weight = self.weight * (self.weight_gain * scale)
         if self.down == 2:
             # blur then strided conv; total padding makes the output exactly H/2 x W/2
             taps = self.fir_kernel.shape[0]
             total = (taps - 2) + (self.kernel_size - 1)
-            x = fir_filter(x, self.fir_kernel, ((total + 1) // 2, total // 2))
-            x = F.conv2d(x, weight, stride=2)
+            pad = ((total + 1) // 2, total // 2)
+            if resampling_mode() == "composed":
+                # corr(corr(x, flip(f)), W) == corr(x, K'), K' = full correlation of W with f
+                composed = compose_fir(weight, self.fir_kernel).to(x.dtype)
+                if pad[0] != pad[1]:
+                    x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
+                    x = F.conv2d(x, composed, stride=2)
+                else:
+                    x = F.conv2d(x, composed, stride=2, padding=pad[0])
+            else:
+                x = fir_filter(x, self.fir_kernel, pad)
+                x = F.conv2d(x, weight.to(x.dtype), stride=2)
+        elif self.kernel_size == 1 and self.in_channels == 1:
+            # fromRGB of a 1-channel image: a [B*H*W, 1] x [1, C] GEMM, not a degenerate convolution
+            # (cuDNN's 1-channel kernels, its backward above all, were among the slowest on a GPU)
+            x = F.linear(x.permute(0, 2, 3, 1), weight.reshape(self.out_channels, 1).to(x.dtype))
+            x = x.permute(0, 3, 1, 2)
         else:
-            x = F.conv2d(x, weight, padding=self.kernel_size // 2)
-        return bias_act(x, self.bias, self.activation, gain=gain, clamp=self.conv_clamp)
+            x = F.conv2d(x, weight.to(x.dtype), padding=self.kernel_size // 2)
+        if self.bias is not None:
+            x = x.add_((self.bias * scale).reshape(1, -1, 1, 1))  # in place: conv's backward keeps no output
+        if self.activation == "lrelu":
+            x = F.leaky_relu(x, LRELU_SLOPE)
+        elif self.activation != "linear":
+            raise ValueError(f"unknown activation {self.activation!r} (expected 'linear' or 'lrelu')")
+        if self.conv_clamp is not None:
+            x = x.clamp(-self.conv_clamp * gain, self.conv_clamp * gain)
+        return x
 
     def extra_repr(self) -> str:
         return (
@@ -248,21 +343,37 @@ class ModulatedConv2d(nn.Module):
         return self.affine(w).float() * self.weight_gain
 
     def demod_coefficients(self, styles: Tensor) -> Tensor:
-        """1 / sigma_j of eq. 3 for every sample, [B, out] in fp32."""
-        weight_sq = self.weight.float().square().sum(dim=[2, 3])  # [out, in]
-        return torch.rsqrt(styles.square() @ weight_sq.t() + 1e-8)
+        """1 / sigma_j of eq. 3 for every sample, [B, out] in fp32 (autocast off: a bf16 matmul here
+        would put a ~0.4 % error on every output channel's scale)."""
+        with torch.autocast(device_type=styles.device.type, enabled=False):
+            weight_sq = self.weight.float().square().sum(dim=[2, 3])  # [out, in]
+            return torch.rsqrt(styles.float().square() @ weight_sq.t() + 1e-8)
 
-    def forward(self, x: Tensor, w: Tensor, fused: bool = True) -> Tensor:
+    def forward(self, x: Tensor, w: Tensor, fused: bool = True, gain: float = 1.0) -> Tensor:
+        """``x [B, in, H, W]``, ``w [B, w_dim]`` -> ``[B, out, H * up, W * up]``, times ``gain``.
+
+        ``gain`` scales the output through the (tiny) demodulation coefficients, so callers can fold
+        a following activation gain in without a pass over the activations.
+        """
         batch, _, height, width = x.shape
         torch._assert(x.shape[1] == self.in_channels, "ModulatedConv2d: wrong input channels")
         torch._assert(w.shape[0] == batch, "ModulatedConv2d: w and x batch sizes differ")
         styles = self.styles(w)  # [B, in]
         dcoefs = self.demod_coefficients(styles) if self.demodulate else None
-        if fused:
+        if gain != 1.0:
+            if dcoefs is not None:
+                dcoefs = dcoefs * gain
+            else:
+                styles = styles * gain
+        if self.out_channels == 1 and self.kernel_size == 1 and self.up == 1 and dcoefs is None:
+            out = self._to_one_channel(x, styles)
+        elif fused:
             out = self._fused(x, styles, dcoefs)
+        elif self.up == 2 and resampling_mode() == "composed":
+            out = self._input_scaling_composed_up(x, styles, dcoefs)
         else:
             out = self._input_scaling(x, styles, dcoefs)
-        if self.up == 2:
+        if self.up == 2 and (fused or resampling_mode() != "composed"):
             out = fir_filter(out, self.fir_kernel, (1, 1), gain=4.0)
         torch._assert(
             out.shape[2] == height * self.up and out.shape[3] == width * self.up, "ModulatedConv2d: bad shape"
@@ -290,6 +401,28 @@ class ModulatedConv2d(nn.Module):
             weight = weight.reshape(batch * self.out_channels, self.in_channels, k, k)
             out = F.conv2d(x, weight.to(x.dtype), padding=k // 2, groups=batch)
         return out.reshape(batch, self.out_channels, *out.shape[2:])
+
+    def _to_one_channel(self, x: Tensor, styles: Tensor) -> Tensor:
+        """toRGB to one channel: per sample a ``[H*W, C] x [C, 1]`` product (one batched GEMM).
+
+        Equal to the modulated 1x1 convolution without demodulation; cuDNN's kernels for a
+        one-channel output (and their backward) were among the slowest of the training step.
+        """
+        batch, channels, height, width = x.shape
+        weights = (styles * self.weight[:, :, 0, 0].float()).to(x.dtype)  # [B, C]: eq. 1 for a 1x1 kernel
+        pixels = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+        out = torch.bmm(pixels, weights.unsqueeze(-1))  # [B, H*W, 1]
+        return out.reshape(batch, height, width, 1).permute(0, 3, 1, 2)
+
+    def _input_scaling_composed_up(self, x: Tensor, styles: Tensor, dcoefs: Tensor | None) -> Tensor:
+        """Input scaling with the up-sampling filter folded into a (k+3)x(k+3) transposed convolution."""
+        x = x * styles.to(x.dtype)[:, :, None, None]
+        depthwise = self.fir_kernel.flip([0, 1]) * 4.0  # the kernel fir_filter(..., gain=4) applies
+        composed = compose_fir(self.weight, depthwise).to(x.dtype)  # [out, in, k+3, k+3]
+        out = F.conv_transpose2d(x, composed.transpose(0, 1), stride=2, padding=2)
+        if dcoefs is not None:
+            out = out * dcoefs.to(out.dtype)[:, :, None, None]
+        return out
 
     def _input_scaling(self, x: Tensor, styles: Tensor, dcoefs: Tensor | None) -> Tensor:
         x = x * styles.to(x.dtype)[:, :, None, None]  # modulating the input == modulating the weight
@@ -322,7 +455,10 @@ class NoiseInjection(nn.Module):
     def noise_shape(self) -> tuple[int, int, int, int]:
         return (1, 1, self.resolution, self.resolution)
 
-    def forward(self, x: Tensor, noise_mode: str = "random", noise: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, noise_mode: str = "random", noise: Tensor | None = None, gain: float = 1.0
+    ) -> Tensor:
+        """``x + gain * strength * noise`` (one fused multiply-add over the activations)."""
         batch = x.shape[0]
         if noise is not None:
             torch._assert(
@@ -341,7 +477,8 @@ class NoiseInjection(nn.Module):
             return x
         else:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
-        return x + noise.to(x.dtype) * self.strength.to(x.dtype)
+        strength = self.strength * gain if gain != 1.0 else self.strength
+        return torch.addcmul(x, noise.to(x.dtype), strength.to(x.dtype))
 
 
 class SynthesisLayer(nn.Module):
@@ -374,10 +511,16 @@ class SynthesisLayer(nn.Module):
         noise: Tensor | None = None,
         fused: bool = True,
     ) -> Tensor:
-        x = self.conv(x, w, fused=fused)
+        # lrelu(x + noise + b) * sqrt2 == lrelu(sqrt2 * x + sqrt2 * noise + sqrt2 * b): the gain goes into
+        # the demodulation coefficients, the noise strength and the bias (all tiny tensors).
+        x = self.conv(x, w, fused=fused, gain=LRELU_GAIN)
         torch._assert(x.shape[2] == self.resolution, "SynthesisLayer: unexpected resolution")
-        x = self.noise(x, noise_mode, noise)
-        return bias_act(x, self.bias, "lrelu", clamp=self.conv_clamp)
+        x = self.noise(x, noise_mode, noise, gain=LRELU_GAIN)
+        x = x.add_((self.bias * LRELU_GAIN).reshape(1, -1, 1, 1))
+        x = F.leaky_relu(x, LRELU_SLOPE)
+        if self.conv_clamp is not None:
+            x = x.clamp(-self.conv_clamp * LRELU_GAIN, self.conv_clamp * LRELU_GAIN)
+        return x
 
 
 class ToRGB(nn.Module):
@@ -392,7 +535,15 @@ class ToRGB(nn.Module):
         self.conv_clamp = conv_clamp
 
     def forward(self, x: Tensor, w: Tensor, fused: bool = True) -> Tensor:
-        return bias_act(self.conv(x, w, fused=fused), self.bias, "linear", clamp=self.conv_clamp)
+        """``[B, C, H, W]`` features -> ``[B, img_channels, H, W]`` image contribution, always fp32.
+
+        The image path (toRGB and the skip sum of the up-sampled images) stays in fp32 under autocast:
+        in bf16 the summed image, from which anomaly maps are computed, carried errors of 2-3 grey
+        levels. It is a 1x1 conv to one channel, a negligible share of the work.
+        """
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = self.conv(x.float(), w, fused=fused)
+            return bias_act(out, self.bias, "linear", clamp=self.conv_clamp)
 
 
 class MinibatchStd(nn.Module):

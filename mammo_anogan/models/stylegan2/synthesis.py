@@ -93,8 +93,11 @@ class SynthesisBlock(nn.Module):
             assert x is not None
             x = self.conv0(x, next(w_iter), noise_mode, noise[0], fused=fused)
             x = self.conv1(x, next(w_iter), noise_mode, noise[1], fused=fused)
-        rgb = self.torgb(x, next(w_iter), fused=fused)
-        img = rgb if img is None else upsample2d(img, self.fir_kernel).to(rgb.dtype) + rgb
+        rgb = self.torgb(x, next(w_iter), fused=fused)  # fp32 (see ToRGB)
+        if img is not None:
+            with torch.autocast(device_type=rgb.device.type, enabled=False):
+                rgb = upsample2d(img.float(), self.fir_kernel).add_(rgb)
+        img = rgb
         torch._assert(img.shape[2] == self.resolution, "SynthesisBlock: wrong image resolution")
         return x, img
 
