@@ -151,6 +151,10 @@ def test_scoring_again_with_other_projection_settings_is_refused_then_rescored(
         == metrics["auc"]
     )
     assert (run_dir / SCORES_FILE).read_bytes() == before
+    (run_dir / SIDECAR_NAME).rename(run_dir / "saved.json")  # scores as written before fingerprints existed
+    with pytest.raises(UserError, match="has no fingerprint .* score.resume=false"):
+        run_score(_score_cfg(workspace, "projection.num_seeds=3", "projection.steps=4"), run_dir)
+    (run_dir / "saved.json").rename(run_dir / SIDECAR_NAME)
 
     # threshold.json is checked the same way when reused (score.threshold_from): other seeds -> refused.
     with pytest.raises(
@@ -168,16 +172,6 @@ def test_scoring_again_with_other_projection_settings_is_refused_then_rescored(
             _score_cfg(workspace, "projection.num_seeds=2", f"score.threshold_from={run_dir}"), tmp_path / "T"
         )
     figures["fingerprint_mismatches_refused"] += 2
-
-
-def test_scores_without_a_fingerprint_are_not_resumed(
-    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    run_dir = tmp_path / "old"
-    run_score(_score_cfg(workspace, "projection.num_seeds=1", "projection.steps=1"), run_dir)
-    (run_dir / SIDECAR_NAME).unlink()  # as written before fingerprints existed
-    with pytest.raises(UserError, match="has no fingerprint .* score.resume=false"):
-        run_score(_score_cfg(workspace, "projection.num_seeds=1", "projection.steps=1"), run_dir)
 
 
 # ------------------------------------------------------------- row 2: a NaN generator is refused at load
