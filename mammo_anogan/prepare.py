@@ -50,7 +50,9 @@ from mammo_anogan.data.readers import (
     load_item,
     silence_decoder_logs,
 )
+from mammo_anogan.run_state import check_prepare_resume, dataset_fingerprint
 from mammo_anogan.utils.errors import ConfigError, UserError, exit_on_user_error
+from mammo_anogan.utils.fingerprint import SIDECAR_NAME, write_sidecar
 from mammo_anogan.utils.hashing import SALT_FILE, load_or_create_salt, salted_hash
 from mammo_anogan.utils.io import atomic_write_text, remove_stale_temp_files
 
@@ -58,8 +60,6 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "prepare_config.yaml"
 READERS = ("dicom", "mias", "folder", "synthetic")
-# Settings whose change makes earlier outputs in the same folder invalid (checked on resume).
-_COMPATIBILITY_KEYS = ("reader", "source", "resolution", "views", "preprocess")
 
 
 @dataclass(frozen=True)
@@ -265,25 +265,17 @@ def sanitised_config(cfg: DictConfig, salt: str) -> dict[str, Any]:
     return container
 
 
-def _check_compatible(out_dir: Path, config: dict[str, Any]) -> None:
-    """Refuse to resume into a folder prepared with different settings (mixed outputs)."""
-    previous_path = out_dir / CONFIG_FILE
-    if not previous_path.is_file() or not (out_dir / MANIFEST_FILE).is_file():
-        return
-    previous = OmegaConf.to_container(OmegaConf.load(previous_path), resolve=False)
-    assert isinstance(previous, dict)
-    for key in _COMPATIBILITY_KEYS:
-        before, now = previous.get("data", {}).get(key), config["data"].get(key)
-        if before != now:
-            raise UserError(
-                f"prepare.out_dir was prepared with a different data.{key}; "
-                "use prepare.overwrite=true or another prepare.out_dir"
-            )
-
-
 def _clear_outputs(out_dir: Path) -> None:
     """``prepare.overwrite=true``: remove only what prepare writes (never the folder itself)."""
-    for name in (MANIFEST_FILE, REJECTED_FILE, CONFIG_FILE, SALT_FILE, "splits.csv", "splits.json"):
+    for name in (
+        MANIFEST_FILE,
+        REJECTED_FILE,
+        CONFIG_FILE,
+        SALT_FILE,
+        SIDECAR_NAME,
+        "splits.csv",
+        "splits.json",
+    ):
         (out_dir / name).unlink(missing_ok=True)
     for folder in OUTPUT_FOLDERS:
         shutil.rmtree(out_dir / folder, ignore_errors=True)
@@ -345,7 +337,9 @@ def prepare_dataset(cfg: DictConfig) -> PrepareResult:
         log.info("removed %d stale temporary file(s) left by an interrupted run", stale)
     salt = load_or_create_salt(out_dir, seed=cfg.prepare.get("salt_seed"))
     config = sanitised_config(cfg, salt)
-    _check_compatible(out_dir, config)
+    fingerprint = dataset_fingerprint(config["data"])  # what determines every file written here
+    check_prepare_resume(out_dir, fingerprint)  # a resume only with the settings that made the folder
+    write_sidecar(out_dir, fingerprint)
     atomic_write_text(out_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
 
     views = [str(v).upper() for v in cfg.data.views] if cfg.data.get("views") else None

@@ -45,6 +45,7 @@ from mammo_anogan.anomaly.outputs import (
 from mammo_anogan.anomaly.projector import ProjectionSettings
 from mammo_anogan.anomaly.scoring import SCORE_METHODS
 from mammo_anogan.config_schema import validate_score_config
+from mammo_anogan.run_state import check_threshold_record, score_start_checks, start_score_run_dir
 from mammo_anogan.training.preemption import PredictionPreemption, ScoringPreempted
 from mammo_anogan.utils.errors import ConfigError, UserError, exit_on_user_error
 from mammo_anogan.utils.io import remove_stale_temp_files
@@ -333,12 +334,15 @@ def run_score(
     settings = projection_settings(cfg.projection)
     generator = load_checked_generator(cfg)  # every check that can fail runs before any projection
     generator_hash = file_hash(cfg.generator)
+    fingerprints = score_start_checks(cfg, run_dir, settings)  # never resume into other settings' scores
     threshold_record = None
     if cfg.score.threshold_from:
         threshold_record = read_threshold(cfg.score.threshold_from, generator_hash, str(cfg.score.method))
+        check_threshold_record(threshold_record, fingerprints.threshold, str(cfg.score.threshold_from))
     loss_fn = build_loss(cfg, lpips_net)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # all checks passed; no row or map yet
         remove_stale_temp_files(run_dir)  # left by a kill during an atomic write of a resumed run
+        start_score_run_dir(run_dir, fingerprints.scores, bool(cfg.score.resume))  # fingerprint.json
         save_sanitised_config(cfg, run_dir, dataset_salt(cfg.data.dataset_dir))
     seed_everything(int(cfg.seed), verbose=False)
     datamodule = MammoDataModule.from_config(cfg.data)
@@ -382,6 +386,7 @@ def run_score(
                 "loss": str(cfg.projection.loss),
                 "steps": settings.steps,
                 "comparison": str(cfg.score.comparison),
+                "fingerprint": fingerprints.threshold.to_dict(),
             },
         )
     figures = write_figures(run_dir, metrics, cfg) if cfg.score.figures else []

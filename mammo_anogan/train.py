@@ -13,7 +13,6 @@ that leaves gradient averaging to :class:`~mammo_anogan.models.gan_module.StyleG
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,13 @@ from pytorch_lightning.strategies import DDPStrategy
 
 import mammo_anogan.utils.config  # noqa: F401  (registers the resolvers before Hydra composes)
 from mammo_anogan.config_schema import validate_train_config
+from mammo_anogan.run_state import check_resume, training_fingerprint, warn_if_new_run_overwrites
 from mammo_anogan.training.nonfinite import check_finite_weights
 from mammo_anogan.training.preemption import PreemptionCheckpoint
+from mammo_anogan.training.sweep_metric import check_optimized_metric
+from mammo_anogan.training.sweep_metric import optimized_metric_value as sweep_metric_value
 from mammo_anogan.utils.errors import ConfigError, UserError, exit_on_user_error
+from mammo_anogan.utils.fingerprint import Fingerprint, stamp
 from mammo_anogan.utils.io import atomic_torch_save, remove_stale_temp_files, safe_torch_load
 from mammo_anogan.utils.privacy import dataset_salt, save_sanitised_config
 
@@ -160,6 +163,24 @@ class BestNetworkExport(Callback):
         self._check(trainer, pl_module)
 
 
+class RunFingerprint(Callback):
+    """Stamp every checkpoint (and, through the module, every export) with the run's fingerprint.
+
+    ``ckpt_path=...`` is checked against it at start-up (:func:`mammo_anogan.run_state.check_resume`).
+    """
+
+    def __init__(self, fingerprint: Fingerprint) -> None:
+        self.fingerprint = fingerprint
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        pl_module.run_fingerprint = self.fingerprint  # read by StyleGAN2Module.export_networks
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        stamp(checkpoint, self.fingerprint)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Building the run from the config
 # ---------------------------------------------------------------------------------------------------
@@ -270,18 +291,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
 
 
 def optimized_metric_value(cfg: DictConfig, trainer: pl.Trainer) -> float | None:
-    """The value of ``optimized_metric`` (for the Optuna sweeper), or None when it was not logged."""
-    name = cfg.get("optimized_metric")
-    if not name:
-        return None
-    value = trainer.callback_metrics.get(name)
-    if value is None:
-        log.warning(
-            "optimized_metric %s was never logged; available: %s", name, sorted(trainer.callback_metrics)
-        )
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    """The value of ``optimized_metric`` for the sweeper (``None`` when none is set).
+
+    A metric never logged is a one-line UserError (see ``training.sweep_metric.optimized_metric_value``).
+    """
+    return sweep_metric_value(cfg, dict(trainer.callback_metrics))
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -289,9 +303,15 @@ def train(cfg: DictConfig) -> float | None:
     from mammo_anogan.data.datamodule import MammoDataModule
 
     validate_train_config(cfg)  # one-line ConfigError before any data or device work
+    check_optimized_metric(cfg)  # a sweep's metric must be producible (before any trial trains)
     run_dir = run_dir_of(cfg)
     pl.seed_everything(int(cfg.get("seed", 0)), workers=True)
     dataset_dir = ensure_prepared_dataset(cfg)
+    # Fingerprint checks (dataset settings; the resumed checkpoint's settings and weights) before the
+    # run writes anything, config.yaml included: a refused resume leaves the run dir as it was.
+    fingerprint = training_fingerprint(cfg, dataset_dir, resolve_precision(cfg.trainer))
+    resume = check_resume(resolve_ckpt_path(cfg, run_dir), fingerprint)
+    warn_if_new_run_overwrites(run_dir, CHECKPOINT_DIR, resume.path)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # before any rank writes a checkpoint
         remove_stale_temp_files(run_dir / CHECKPOINT_DIR)  # left by a kill during an atomic save
         save_sanitised_config(cfg, run_dir, dataset_salt(dataset_dir))  # no raw data.source
@@ -299,8 +319,10 @@ def train(cfg: DictConfig) -> float | None:
     datamodule.setup("fit")
     num_train_images = len(datamodule.dataset("train"))
     model = hydra.utils.instantiate(cfg.model, num_train_images=num_train_images, _convert_="all")
+    resume.check_fits(model)  # one line instead of Lightning's size-mismatch traceback
     trainer = build_trainer(cfg, run_dir)
-    ckpt_path = resolve_ckpt_path(cfg, run_dir)
+    trainer.callbacks.append(RunFingerprint(fingerprint))
+    ckpt_path = resume.path
     log.info(
         "training on %d normal images at %dpx for %.1f kimg (ADA %s)",
         num_train_images,

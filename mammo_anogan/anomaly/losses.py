@@ -231,7 +231,11 @@ def _load_trunk_state(trunk: str, weights_path: str | None) -> dict[str, torch.T
         path = Path(weights_path).expanduser()
         if not path.is_file():
             raise UserError(f"projection.lpips_weights: file not found: {path}")
-        return safe_torch_load(path)
+        state = safe_torch_load(path)
+        from mammo_anogan.training.nonfinite import check_finite_loaded
+
+        check_finite_loaded(state, f"projection.lpips_weights {path}", "provide an intact copy of the file")
+        return state
     _, url = _TRUNK_WEIGHTS[trunk]
     try:
         return torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True, weights_only=True)

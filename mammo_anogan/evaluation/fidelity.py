@@ -97,8 +97,14 @@ def resolve_inception_weights(
                     f"cannot download the Inception weights ({type(err).__name__}); offline? "
                     f"provide {path} (from {INCEPTION_URL}) or set fidelity.inception_weights"
                 ) from err
+    from mammo_anogan.training.nonfinite import check_finite_loaded  # (training imports this module)
+
     try:
-        safe_torch_load(path)
+        state = safe_torch_load(path)
+        if isinstance(state, dict):
+            check_finite_loaded(
+                state, f"Inception weights {path}", f"provide an intact copy (from {INCEPTION_URL})"
+            )
     except UserError as err:
         raise MetricUnavailable(str(err)) from err
     return path
@@ -487,6 +493,30 @@ class FidelityMetrics:
 # --------------------------------------------------------------------------------------------------
 # Degradation check: does a metric rank clearly degraded real images worse than real ones?
 # --------------------------------------------------------------------------------------------------
+
+
+def metric_unavailable_reason(
+    name: str,
+    inception_weights: str | os.PathLike[str] | None = None,
+    frd_image_types: Sequence[str] | None = None,
+) -> str | None:
+    """Why the metric ``name`` cannot run here (the warning :class:`FidelityMetrics` would give), or None.
+
+    Cheap enough for a start-up check: FID/KID resolve the Inception weights (downloading them once
+    when online, as the first evaluation would), FRD builds its radiomics extractor, SWD needs nothing.
+    """
+    try:
+        if name in ("fid", "kid"):
+            from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+
+            if not _TORCH_FIDELITY_AVAILABLE:
+                return "FID/KID need the package torch-fidelity (pip install torch-fidelity)"
+            resolve_inception_weights(inception_weights, download=True)
+        elif name == "frd":
+            _FrdBackend(frd_image_types)
+    except MetricUnavailable as err:
+        return str(err)
+    return None
 
 
 def gaussian_blur(images: Tensor, sigma: float) -> Tensor:

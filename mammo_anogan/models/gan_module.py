@@ -467,7 +467,8 @@ class StyleGAN2Module(LightningModule):
     def _last_checkpoint_path(self) -> str:
         trainer = self._trainer
         paths = [getattr(c, "last_model_path", "") for c in (trainer.checkpoint_callbacks if trainer else [])]
-        return next((p for p in paths if p), "") or "none written yet"
+        paths.append(str(getattr(trainer, "ckpt_path", None) or ""))  # none saved yet: the one resumed
+        return next((p for p in paths if p), "")
 
     def _init_nonfinite_record(self) -> None:
         if self._nf and self._nf["count"].device == self.device:
@@ -512,10 +513,16 @@ class StyleGAN2Module(LightningModule):
             phase = self._PHASES.get(int(self._nf["first_phase"].item()), "?")
             batch = max(1, self._last_global_batch)
             where = f"kimg {first_nimg / 1000:.3f} (minibatch {first_nimg // batch})"
+            last = self._last_checkpoint_path()
+            advice = (  # advice that gets past it: the same minibatch would diverge again on resume
+                f"last good checkpoint: {last} (resume with ckpt_path={last} model.on_nonfinite=skip)"
+                if last
+                else "no checkpoint written yet (train again with model.on_nonfinite=skip or a lower "
+                "model.optimizer.g_lr)"
+            )
             raise NonFiniteError(
                 f"non-finite {phase} loss or gradient at {where}; training stopped, weights not updated; "
-                f"last good checkpoint: {self._last_checkpoint_path()} "
-                "(resume with ckpt_path=last, or set model.on_nonfinite=skip)"
+                + advice
             )
         self.nonfinite_skipped = self._nf_base + count
 
@@ -652,8 +659,11 @@ class StyleGAN2Module(LightningModule):
     def export_networks(self, directory: str | Path) -> tuple[Path, Path]:
         """Write ``generator.pt`` (G_ema) and ``discriminator.pt`` as plain weights + config (atomic)."""
         directory = Path(directory)
-        g_path = save_network(self.G_ema, directory / GENERATOR_FILE)
-        d_path = save_network(self.D, directory / DISCRIMINATOR_FILE)
+        # What produced them: the run's fingerprint (set by train.py) and the image count they hold.
+        run = getattr(self, "run_fingerprint", None)
+        fingerprint = None if run is None else run.replace({"cur_nimg": int(self.cur_nimg)})
+        g_path = save_network(self.G_ema, directory / GENERATOR_FILE, fingerprint)
+        d_path = save_network(self.D, directory / DISCRIMINATOR_FILE, fingerprint)
         return g_path, d_path
 
     # ------------------------------------------------------------------ checkpoint state

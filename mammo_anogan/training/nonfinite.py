@@ -34,9 +34,23 @@ def nonfinite_tensor_names(state: Mapping[str, object]) -> list[str]:
     return [name for name, ok in zip(names, flags.tolist()) if not ok]
 
 
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
 def check_finite_weights(state: Mapping[str, object], what: str) -> None:
     """Raise :class:`NonFiniteError` when ``state`` (a state dict) holds a non-finite tensor."""
     bad = nonfinite_tensor_names(state)
     if bad:
-        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        raise NonFiniteError(f"refusing to write {what}: non-finite weights in {shown}")
+        raise NonFiniteError(f"refusing to write {what}: non-finite weights in {_shown(bad)}")
+
+
+def check_finite_loaded(state: Mapping[str, object], what: str, advice: str) -> None:
+    """At load time: raise :class:`NonFiniteError` naming the non-finite tensors of ``state``.
+
+    Every loaded network goes through this before it is used, so a damaged or diverged file is named
+    as the cause at start-up instead of surfacing later as dropped seeds or a skipped training step.
+    """
+    bad = nonfinite_tensor_names(state)
+    if bad:
+        raise NonFiniteError(f"{what} holds non-finite weights (NaN/Inf) in {_shown(bad)}; {advice}")

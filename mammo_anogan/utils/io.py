@@ -156,9 +156,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def safe_torch_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
+def safe_torch_load(path: str | os.PathLike[str], map_location: Any = "cpu", mmap: bool = False) -> Any:
     """Load a checkpoint with ``weights_only=True``; refuse pickles that would run code.
 
+    ``mmap=True`` maps the tensors instead of reading them (cheap look at metadata of a large file).
     Raises :class:`UserError` with a one-line message when the file is missing, truncated, or
     contains objects other than tensors and plain containers (e.g. a crafted pickle).
     """
@@ -168,7 +169,7 @@ def safe_torch_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(

@@ -1,7 +1,9 @@
 """Export / import of trained networks as plain weights: ``{"kind", "config", "state_dict"}``.
 
 Only tensors and plain containers are stored, so files load with ``weights_only=True`` (a crafted
-pickle cannot run code) and the architecture is rebuilt from ``config`` with the current code.
+pickle cannot run code) and the architecture is rebuilt from ``config`` with the current code. An
+export made by training also carries ``"fingerprint"``: the training run's fingerprint plus the
+image count it was taken at (:mod:`mammo_anogan.utils.fingerprint`). Loading refuses NaN/Inf weights.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from torch import nn
 
 from mammo_anogan.models.stylegan2.discriminator import Discriminator
 from mammo_anogan.models.stylegan2.generator import Generator
-from mammo_anogan.training.nonfinite import check_finite_weights
+from mammo_anogan.training.nonfinite import check_finite_loaded, check_finite_weights
 from mammo_anogan.utils.errors import UserError
+from mammo_anogan.utils.fingerprint import Fingerprint, read_stamp, stamp
 from mammo_anogan.utils.io import atomic_torch_save, safe_torch_load
 
 KIND_GENERATOR = "generator"
@@ -30,12 +33,23 @@ def _kind_of(net: nn.Module) -> str:
     raise TypeError(f"save_network expects a Generator or Discriminator, got {type(net).__name__}")
 
 
-def save_network(net: Generator | Discriminator, path: str | os.PathLike[str]) -> Path:
-    """Write ``{"kind", "config", "state_dict"}`` atomically (tensors on CPU); refuse NaN/Inf weights."""
+def save_network(
+    net: Generator | Discriminator, path: str | os.PathLike[str], fingerprint: Fingerprint | None = None
+) -> Path:
+    """Write ``{"kind", "config", "state_dict"[, "fingerprint"]}`` atomically (tensors on CPU).
+
+    Refuses NaN/Inf weights. ``fingerprint``: what produced the network (the training run's settings
+    and image count), read back by :func:`read_network_fingerprint`.
+    """
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     check_finite_weights(state, f"{_kind_of(net)} export {Path(path).name}")
     payload = {"kind": _kind_of(net), "config": dict(net.config), "state_dict": state}
-    return atomic_torch_save(payload, path)
+    return atomic_torch_save(stamp(payload, fingerprint), path)
+
+
+def read_network_fingerprint(path: str | os.PathLike[str]) -> Fingerprint | None:
+    """The fingerprint stored in an exported network (memory-mapped read); ``None`` for older files."""
+    return read_stamp(safe_torch_load(path, mmap=True))
 
 
 def _load(path: str | os.PathLike[str], kind: str, cls: type[nn.Module], map_location: Any) -> Any:
@@ -45,6 +59,11 @@ def _load(path: str | os.PathLike[str], kind: str, cls: type[nn.Module], map_loc
     found = payload.get("kind", kind)
     if found != kind:
         raise UserError(f"{path} holds a {found}, not a {kind}")
+    check_finite_loaded(
+        payload["state_dict"] if isinstance(payload["state_dict"], dict) else {},
+        f"{kind} {path}",
+        f"it comes from a diverged or damaged run: pass the {kind}.pt of an earlier or another run",
+    )
     config = payload["config"]
     if not isinstance(config, dict):
         raise UserError(f"{path}: 'config' must be a dict of constructor arguments")
