@@ -117,6 +117,14 @@ class KimgCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.save_now(trainer)
 
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Nothing: saving is scheduled in kimg. Lightning < 2.6 wrote ``last.ckpt`` at every epoch end
+        (with ``save_last=True``), i.e. every few minibatches on a small dataset, outside the schedule
+        and after a minibatch whose NaN had not yet been reported (found by ``make test-oldest``)."""
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Nothing: there is no validation loop; fidelity is measured in kimg by its callback."""
+
     def save_now(self, trainer: pl.Trainer) -> None:
         """Top-k (or periodic) checkpoint and ``last.ckpt`` for the current state, once per step."""
         if self._should_skip_saving_checkpoint(trainer):
@@ -287,7 +295,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
         "logger": instantiate_loggers(cfg),
         "plugins": [AtomicCheckpointIO()],
     }
-    return hydra.utils.instantiate(trainer_cfg, **overrides)
+    # _convert_="partial": plain lists for callbacks/plugins (Lightning < 2.6 wraps a ListConfig in a list)
+    return hydra.utils.instantiate(trainer_cfg, _convert_="partial", **overrides)
 
 
 def optimized_metric_value(cfg: DictConfig, trainer: pl.Trainer) -> float | None:
