@@ -203,9 +203,12 @@ def check_image_header(dataset: Dataset, modalities: list[str], max_pixels: int)
     _check_derived_series(dataset)
     if "PixelData" not in dataset and "FloatPixelData" not in dataset:
         raise RejectedInput("missing pixel data")
-    rows, cols = header.integer(dataset, "Rows"), header.integer(dataset, "Columns")
+    rows, cols = _single_int(dataset, "Rows"), _single_int(dataset, "Columns")
     if rows is None or cols is None or rows < 1 or cols < 1:
         raise RejectedInput("missing or invalid Rows/Columns")
+    for keyword in ("BitsAllocated", "BitsStored", "PixelRepresentation"):
+        if keyword in dataset and _single_int(dataset, keyword) is None:
+            raise RejectedInput(f"invalid {keyword} (empty or malformed)")
     frames = header.integer(dataset, "NumberOfFrames") or 1
     if rows * cols * frames > max_pixels:
         raise RejectedInput(f"declares {rows * cols * frames} pixels (over max_pixels {max_pixels})")
@@ -224,6 +227,14 @@ def check_image_header(dataset: Dataset, modalities: list[str], max_pixels: int)
             raise RejectedInput(f"no decoder exists for transfer syntax {syntax.name}") from None
         if not decoder.is_available:
             raise RejectedInput(f"no decoder installed for transfer syntax {syntax.name}")
+
+
+def _single_int(dataset: Dataset, keyword: str) -> int | None:
+    """A whole-number element holding exactly one value, else ``None``."""
+    values = header.numbers(dataset, keyword)
+    if len(values) != 1 or values[0] is None or not float(values[0]).is_integer():
+        return None
+    return int(values[0])
 
 
 def _check_image_type(dataset: Dataset) -> None:
@@ -259,6 +270,8 @@ def decode_pixels(dataset: Dataset, path: Path) -> np.ndarray:
     """Decode the (single-frame) pixel data as stored values; reject undecodable data."""
     syntax = dataset.file_meta.get("TransferSyntaxUID") if hasattr(dataset, "file_meta") else None
     options: dict[str, str] = {}
+    if "NumberOfFrames" in dataset and header.integer(dataset, "NumberOfFrames") is None:
+        del dataset.NumberOfFrames  # empty or malformed: a single frame (checked from the header)
     if syntax is not None and syntax.is_compressed:
         if "pylibjpeg" in get_decoder(syntax).available_plugins:
             options["decoding_plugin"] = "pylibjpeg"
@@ -344,13 +357,10 @@ def _header_window(dataset: Dataset, notes: list[str]) -> tuple[float, float, st
         if c is not None and w is not None and (w >= 1.0 if function == "LINEAR" else w > 0.0)
     ]
     if not usable:
-        present = (header.raw_value(dataset, "WindowCenter"), header.raw_value(dataset, "WindowWidth"))
         if "WindowCenter" in dataset or "WindowWidth" in dataset:
-            if any(v is not None for v in present):
-                detail = f"width {widths[0]:g}" if widths and widths[0] is not None else "malformed values"
-            else:
-                detail = "empty"
-            notes.append(f"header window unusable ({detail}): fallback window")
+            notes.append(
+                f"header window unusable ({_window_defect(dataset, centers, widths)}): fallback window"
+            )
         return None
     index = usable[0]
     if index > 0:
@@ -358,6 +368,22 @@ def _header_window(dataset: Dataset, notes: list[str]) -> tuple[float, float, st
     center, width = pairs[index]
     assert center is not None and width is not None
     return center, width, function
+
+
+def _window_defect(dataset: Dataset, centers: list[float | None], widths: list[float | None]) -> str:
+    """What is wrong with the first window, in a few words (``empty``, ``width 0``, ...)."""
+    problems = []
+    for keyword, values in (("WindowCenter", centers), ("WindowWidth", widths)):
+        if not values:
+            state = "absent" if keyword not in dataset else "empty"
+            problems.append(f"{keyword} {state}")
+        elif values[0] is None:
+            problems.append(f"{keyword} malformed")
+    if not problems and widths and widths[0] is not None:
+        return f"width {widths[0]:g}"
+    if all(p.endswith("empty") for p in problems) and len(problems) == 2:
+        return "empty"
+    return ", ".join(problems)
 
 
 def _window_table(modality: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
