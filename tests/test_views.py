@@ -112,6 +112,14 @@ def test_free_text_without_a_single_view_gives_none(text: str) -> None:
         ("R-102D0", "SIO"),
         ("R-40AAA", "ISO"),
         ("G-8310", "SPECIMEN"),
+        ("399099002", "LMO"),
+        ("399192008", "XCCL"),
+        ("399101009", "XCCM"),
+        ("399196006", "FB"),
+        ("399188001", "SIO"),
+        ("441555000", "ISO"),
+        ("399260004", "ML"),
+        ("399352003", "LM"),
     ],
 )
 def test_cid_4014_codes(code: str, view: str) -> None:

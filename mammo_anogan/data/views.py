@@ -20,43 +20,64 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-#: CID 4014 (views): SNOMED-RT codes (SRT/SNM3), SNOMED CT codes, and the deprecated ACR codes.
-VIEW_CODES: dict[str, str] = {
-    "R-10224": "ML",
-    "399260004": "ML",
-    "R-10226": "MLO",
-    "399368009": "MLO",
-    "R-10228": "LM",
-    "399352003": "LM",
-    "R-10230": "LMO",
-    "399099002": "LMO",
+from pydicom.sr.codedict import codes
+
+#: CID 4014 (views) and CID 4015 (modifiers) concepts -> canonical view, by pydicom's concept names.
+#: Their SNOMED CT codes come from pydicom's copy of the DICOM code tables (``codes.CID4014``).
+_CID4014_VIEWS = {
+    "CranioCaudal": "CC",
+    "MedioLateralObliqueProjection": "MLO",
+    "MedioLateralProjection": "ML",
+    "LateroMedial": "LM",
+    "LateroMedialOblique": "LMO",
+    "CranioCaudalExaggeratedLaterally": "XCCL",
+    "CranioCaudalExaggeratedMedially": "XCCM",
+    "CaudoCranial": "FB",
+    "SuperolateralToInferomedialOblique": "SIO",
+    "InferomedialToSuperolateralOblique": "ISO",
+    "TissueSpecimenFromBreast": "SPECIMEN",
+}
+#: CID 4015 modifiers that the ACR MQCM 1999 vocabulary uses as views of their own.
+_CID4015_VIEWS = {"AxillaryTail": "AT", "Cleavage": "CV", "Tangential": "TAN"}
+#: CID 4015 modifiers that make the image a partial view (never a full-field film).
+_CID4015_PARTIAL = {"Magnification": "magnification", "SpotCompression": "spot compression"}
+#: SNOMED-RT codes (designators SRT / SNM3) of the same concepts (PS3.16, 2013 edition), plus the
+#: deprecated ones older units still send.
+_SNOMED_RT_VIEWS = {
     "R-10242": "CC",
-    "399162004": "CC",
-    "R-10244": "FB",
-    "399196006": "FB",
-    "R-102D0": "SIO",
-    "399188001": "SIO",
-    "R-40AAA": "ISO",
+    "R-10226": "MLO",
+    "R-10224": "ML",
+    "R-10228": "LM",
+    "R-10230": "LMO",
     "R-1024A": "XCCL",
-    "399192003": "XCCL",
-    "Y-X1770": "XCCL",  # deprecated (not a valid SNOMED code), still sent by older units
+    "Y-X1770": "XCCL",  # deprecated: not a valid SNOMED code
     "R-1024B": "XCCM",
-    "399101009": "XCCM",
     "Y-X1771": "XCCM",
     "R-102CF": "XCC",  # deprecated "cranio-caudal exaggerated"
+    "R-10244": "FB",
+    "R-102D0": "SIO",
+    "R-40AAA": "ISO",
     "G-8310": "SPECIMEN",
-    # CID 4015 modifiers that the ACR MQCM 1999 vocabulary uses as views of their own
-    "R-102D2": "CV",
     "R-102D1": "AT",
+    "R-102D2": "CV",
     "R-102C2": "TAN",
 }
-#: CID 4015 modifiers that make the image a partial view (never a full-field film).
-PARTIAL_VIEW_MODIFIERS: dict[str, str] = {
-    "R-102D6": "magnification",
-    "399163009": "magnification",
-    "R-102D7": "spot compression",
-    "399055006": "spot compression",
+_SNOMED_RT_PARTIAL = {"R-102D6": "magnification", "R-102D7": "spot compression"}
+
+
+def _sct(collection: str, names: dict[str, str]) -> dict[str, str]:
+    table = getattr(codes, collection)
+    return {str(getattr(table, name).value): value for name, value in names.items()}
+
+
+#: Code value -> canonical view, for ViewCodeSequence items (SRT, SNM3 and SCT designators alike).
+VIEW_CODES: dict[str, str] = {
+    **_SNOMED_RT_VIEWS,
+    **_sct("CID4014", _CID4014_VIEWS),
+    **_sct("CID4015", _CID4015_VIEWS),
 }
+#: Code value -> partial-view kind, for ViewModifierCodeSequence items.
+PARTIAL_VIEW_MODIFIERS: dict[str, str] = {**_SNOMED_RT_PARTIAL, **_sct("CID4015", _CID4015_PARTIAL)}
 
 #: Every canonical view, longest first (the order the combined-code pattern tries them in).
 VIEWS = tuple("SPECIMEN XCCL XCCM XCC MLO LMO SIO ISO TAN CC ML LM FB AT CV".split())

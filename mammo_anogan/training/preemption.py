@@ -80,7 +80,7 @@ class PreemptionSignals(Callback):
             return  # signal handlers can only be set from the main thread
         for sig in self.signals:
             current = signal.getsignal(sig)
-            if current is not self._handle:
+            if current != self._handle:  # bound methods are new objects: compare, not identity
                 self._previous.setdefault(sig, current)
                 signal.signal(sig, self._handle)
 
@@ -110,8 +110,13 @@ class PreemptionSignals(Callback):
         return time.monotonic() - self.received_at if self.received_at is not None else 0.0
 
     def restore(self) -> None:
-        """Give back the signal handlers found before :meth:`_install` (main thread only)."""
-        if threading.current_thread() is not threading.main_thread():
+        """Give back the signal handlers found before :meth:`_install` (main thread only).
+
+        Not after a pre-emption stop: the process is on its way out, and a second signal (SLURM
+        sends SIGTERM to a job that ``scontrol requeue`` just requeued; a scheduler may repeat
+        itself) must not kill it with the default action while loggers flush and workers stop.
+        """
+        if threading.current_thread() is not threading.main_thread() or self.stopping:
             return
         for sig, handler in self._previous.items():
             if handler is not None:
