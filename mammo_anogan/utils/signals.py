@@ -81,8 +81,9 @@ class PreemptionSafeLoader(DataLoader):
     """A DataLoader whose workers survive pre-emption signals sent to the whole job (see module doc)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        if kwargs.get("num_workers", 0) > 0:
-            kwargs["worker_init_fn"] = _ShieldedWorkerInit(kwargs.get("worker_init_fn"))
+        init_fn = kwargs.get("worker_init_fn")
+        if kwargs.get("num_workers", 0) > 0 and not isinstance(init_fn, _ShieldedWorkerInit):
+            kwargs["worker_init_fn"] = _ShieldedWorkerInit(init_fn)  # (Lightning may rebuild a loader)
         super().__init__(*args, **kwargs)
 
     def _get_iterator(self) -> Any:
