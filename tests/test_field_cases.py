@@ -539,3 +539,13 @@ def test_prepare_image_reports_an_unusable_film_as_a_rejection() -> None:
         prepare_image(
             RawImage(pixels, stored_value_domain(pixels.dtype).astype(float)), PreprocessSettings(32)
         )
+
+
+def test_resuming_into_a_dataset_of_the_previous_manifest_layout_is_refused(tmp_path: Path) -> None:
+    """The manifest gained columns (window_check, orientation_*): appending would misalign rows."""
+    from mammo_anogan.data.manifest import MANIFEST_COLUMNS, DatasetWriter
+    from mammo_anogan.utils.errors import UserError
+
+    (tmp_path / "manifest.csv").write_text(",".join(c for c in MANIFEST_COLUMNS if "check" not in c) + "\n")
+    with pytest.raises(UserError, match="prepare.overwrite=true"):
+        DatasetWriter(tmp_path)
