@@ -41,6 +41,7 @@ from mammo_anogan.data.manifest import (
     render_summary,
     write_png,
 )
+from mammo_anogan.data.orientation import ORIENTATION_CONFLICT_POLICIES
 from mammo_anogan.data.preprocess import PreprocessSettings, RejectedInput, prepare_image
 from mammo_anogan.data.readers import (
     InputItem,
@@ -156,7 +157,10 @@ def _kept_row(item: InputItem, job: JobSettings, loaded: Any, prepared: Any) -> 
         "window_center": "" if np.isnan(window.center) else f"{window.center:.2f}",
         "window_width": "" if np.isnan(window.width) else f"{window.width:.2f}",
         "window_source": window.source,
+        "window_check": prepared.window_check,
         "flipped": str(bool(prepared.flipped)),
+        "orientation_source": prepared.orientation_source,
+        "orientation_check": prepared.orientation_check,
         "pectoral_removed": str(bool(prepared.pectoral_removed)),
         "abnormality": item.abnormality,
         "tissue": item.tissue,
@@ -222,6 +226,10 @@ def preprocess_settings(data_cfg: DictConfig) -> PreprocessSettings:
         values["window_percentiles"] = (low, high)
     if values.get("window_fallback", "breast_percentile") not in ("breast_percentile", "minmax"):
         raise ConfigError("data.preprocess.window_fallback must be breast_percentile or minmax")
+    if values.get("orientation_conflict", "pixels") not in ORIENTATION_CONFLICT_POLICIES:
+        raise ConfigError(
+            "data.preprocess.orientation_conflict must be one of " + ", ".join(ORIENTATION_CONFLICT_POLICIES)
+        )
     resolution = int(data_cfg.resolution)
     if resolution < 8:
         raise ConfigError(f"data.resolution must be at least 8 (got {resolution})")

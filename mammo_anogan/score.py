@@ -22,12 +22,11 @@ from typing import Any
 import hydra  # noqa: I001
 import numpy as np
 import pandas as pd
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 import mammo_anogan.utils.config  # noqa: F401  (registers the OmegaConf resolvers first)
 from mammo_anogan.anomaly.losses import build_projection_loss
@@ -50,6 +49,7 @@ from mammo_anogan.training.preemption import PredictionPreemption, ScoringPreemp
 from mammo_anogan.utils.errors import ConfigError, UserError, exit_on_user_error
 from mammo_anogan.utils.io import remove_stale_temp_files
 from mammo_anogan.utils.privacy import dataset_salt, save_sanitised_config, wandb_privacy_settings
+from mammo_anogan.utils.signals import PreemptionSafeLoader
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +325,6 @@ def run_score(
     from pytorch_lightning import seed_everything
 
     from mammo_anogan.data.datamodule import MammoDataModule
-    from mammo_anogan.data.dataset import collate_batches
     from mammo_anogan.evaluation.table import write_metrics_json
 
     run_dir = Path(run_dir)
@@ -352,7 +351,8 @@ def run_score(
         generator, loss_fn, settings, str(cfg.score.method), float(cfg.score.topk_percent)
     )
     writer = ScoreWriter(run_dir, save_projections=bool(cfg.score.save_projections))
-    trainer = build_trainer(cfg, [writer, PredictionPreemption()])
+    preemption = PredictionPreemption()
+    trainer = build_trainer(cfg, [writer, preemption])
     for split in cfg.score.splits:
         dataset = datamodule.dataset(split)
         done = completed_image_ids(run_dir, split) if cfg.score.resume else set()
@@ -361,14 +361,16 @@ def run_score(
         if not todo:
             continue
         module.split = split
-        loader = DataLoader(
+        loader = PreemptionSafeLoader(  # data.loader.num_workers; workers outlive SIGTERM/SIGUSR1
             Subset(dataset, todo),
             batch_size=int(cfg.projection.batch_images),
             shuffle=False,
-            collate_fn=collate_batches,
-            pin_memory=torch.cuda.is_available(),
+            **datamodule.loader_options(),
         )
-        trainer.predict(module, loader, return_predictions=False)
+        try:
+            trainer.predict(module, loader, return_predictions=False)
+        finally:
+            preemption.restore()  # Lightning skips the teardown hook when predict raises
     if not trainer.is_global_zero:
         return {}
 

@@ -31,7 +31,7 @@ import mammo_anogan.utils.config  # noqa: F401  (registers the resolvers before 
 from mammo_anogan.config_schema import validate_train_config
 from mammo_anogan.run_state import check_resume, training_fingerprint, warn_if_new_run_overwrites
 from mammo_anogan.training.nonfinite import check_finite_weights
-from mammo_anogan.training.preemption import PreemptionCheckpoint
+from mammo_anogan.training.preemption import PreemptionCheckpoint, preemption_stopping
 from mammo_anogan.training.sweep_metric import check_optimized_metric
 from mammo_anogan.training.sweep_metric import optimized_metric_value as sweep_metric_value
 from mammo_anogan.utils.errors import ConfigError, UserError, exit_on_user_error
@@ -110,12 +110,19 @@ class KimgCheckpoint(ModelCheckpoint):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         tick = self._tick(pl_module)
-        if tick > self._last_tick:
+        if tick > self._last_tick and not preemption_stopping(trainer):
             self._last_tick = tick
             self.save_now(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.save_now(trainer)
+        if not preemption_stopping(trainer):  # a pre-emption wrote last.ckpt already: exit fast
+            self.save_now(trainer)
+
+    def save_last_only(self, trainer: pl.Trainer) -> None:
+        """Only ``last.ckpt`` for the current state (the pre-emption save: one file, fast)."""
+        if self._should_skip_saving_checkpoint(trainer):
+            return  # already saved at this step
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Nothing: saving is scheduled in kimg. Lightning < 2.6 wrote ``last.ckpt`` at every epoch end
@@ -240,7 +247,7 @@ def resolve_precision(trainer_cfg: DictConfig) -> str:
 
 def instantiate_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     """Callbacks from ``cfg.callbacks`` (a dict of ``_target_`` blocks, may be empty) + the checkpointer."""
-    callbacks: list[Callback] = []
+    callbacks: list[Callback] = [PreemptionCheckpoint()]  # first: others see its decision at once
     for name, block in (cfg.get("callbacks") or {}).items():
         if isinstance(block, DictConfig) and "_target_" in block:
             callbacks.append(hydra.utils.instantiate(block))
@@ -250,7 +257,6 @@ def instantiate_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     assert isinstance(checkpoint_cfg, dict)
     callbacks.append(KimgCheckpoint(dirpath=str(run_dir / CHECKPOINT_DIR), **checkpoint_cfg))
     callbacks.append(BestNetworkExport(run_dir / BEST_EXPORT_DIR))
-    callbacks.append(PreemptionCheckpoint())
     return callbacks
 
 

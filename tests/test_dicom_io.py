@@ -22,7 +22,7 @@ PIXELS = np.zeros((8, 8), np.uint16)
 
 def test_linear_header_window_gives_known_values() -> None:
     ds = make_dataset(PIXELS, WindowCenter=1000, WindowWidth=1000)
-    modality, table, window = window_tables(ds, np.dtype(np.uint16))
+    modality, table, window, _ = window_tables(ds, np.dtype(np.uint16))
     assert window.source == "header" and (window.center, window.width) == (1000.0, 1000.0)
     assert modality[1234] == 1234.0
     # DICOM LINEAR: ((x - (c - 0.5)) / (w - 1) + 0.5) scaled to 0..255
@@ -33,14 +33,14 @@ def test_linear_header_window_gives_known_values() -> None:
 
 def test_monochrome1_is_inverted() -> None:
     ds = make_dataset(PIXELS, WindowCenter=1000, WindowWidth=1000, PhotometricInterpretation="MONOCHROME1")
-    _, table, _ = window_tables(ds, np.dtype(np.uint16))
+    _, table, _, _ = window_tables(ds, np.dtype(np.uint16))
     assert table[499] == 255 and table[1500] == 0
     assert table[750] == 255 - round(((750 - 999.5) / 999 + 0.5) * 255)
 
 
 def test_sigmoid_window() -> None:
     ds = make_dataset(PIXELS, WindowCenter=1000, WindowWidth=400, VOILUTFunction="SIGMOID")
-    _, table, _ = window_tables(ds, np.dtype(np.uint16))
+    _, table, _, _ = window_tables(ds, np.dtype(np.uint16))
     assert table[1000] == 128  # 255 / 2 at the centre
     assert table[1200] == round(255 / (1 + np.exp(-2.0)))  # 225
     assert table[800] == round(255 / (1 + np.exp(2.0)))  # 30
@@ -48,7 +48,7 @@ def test_sigmoid_window() -> None:
 
 def test_rescale_slope_intercept_applied_before_window() -> None:
     ds = make_dataset(PIXELS, WindowCenter=1000, WindowWidth=1000, RescaleSlope=2, RescaleIntercept=-1000)
-    modality, table, _ = window_tables(ds, np.dtype(np.uint16))
+    modality, table, _, _ = window_tables(ds, np.dtype(np.uint16))
     assert modality[1000] == 1000.0 and modality[700] == 400.0
     assert table[1000] == 128  # modality 1000 = window centre
     assert table[700] == 0 and table[1300] == 255
@@ -60,14 +60,14 @@ def test_voi_lut_sequence_is_preferred() -> None:
     item.LUTData = [0, 50, 200, 255]
     ds = make_dataset(PIXELS, WindowCenter=5000, WindowWidth=10)
     ds.VOILUTSequence = Sequence([item])
-    _, table, window = window_tables(ds, np.dtype(np.uint16))
+    _, table, window, _ = window_tables(ds, np.dtype(np.uint16))
     assert window.source == "voi_lut"
     assert list(table[[0, 100, 101, 102, 103, 4000]]) == [0, 0, 50, 200, 255, 255]
 
 
 def test_no_window_tags_returns_no_display_table() -> None:
-    modality, table, window = window_tables(make_dataset(PIXELS), np.dtype(np.uint16))
-    assert table is None and window is None and modality.shape == (65536,)
+    modality, table, window, note = window_tables(make_dataset(PIXELS), np.dtype(np.uint16))
+    assert table is None and window is None and note == "" and modality.shape == (65536,)
 
 
 def test_laterality_and_view_fallback_chain() -> None:

@@ -28,6 +28,7 @@ from mammo_anogan.data.dataset import CachedMammoDataset, collate_batches, decod
 from mammo_anogan.data.sampler import ResumableDataLoader, ResumableShuffleSampler
 from mammo_anogan.data.splits import SPLIT_NAMES, ensure_splits, read_manifest
 from mammo_anogan.utils.errors import UserError
+from mammo_anogan.utils.signals import PreemptionSafeLoader
 
 PREPARE_HINT = "run `python -m mammo_anogan.prepare data=...` first (same data.* settings)"
 
@@ -220,6 +221,10 @@ class MammoDataModule(LightningDataModule):
             raise UserError(f"the {split} split of {self.dataset_dir} has no images")
         return to_unit_range(images.unsqueeze(1))
 
+    def loader_options(self) -> dict[str, Any]:
+        """Keyword arguments for a :class:`PreemptionSafeLoader` over this data (workers, collate)."""
+        return self._loader_options()
+
     def _loader_options(self) -> dict[str, Any]:
         return {
             "num_workers": self.num_workers,
@@ -231,7 +236,7 @@ class MammoDataModule(LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         """An evaluation loader: fixed order, every image once."""
-        return DataLoader(
+        return PreemptionSafeLoader(
             self.dataset(split), batch_size=self.batch_size, shuffle=False, **self._loader_options()
         )
 

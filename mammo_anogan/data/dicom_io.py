@@ -17,13 +17,17 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
 
+from mammo_anogan.data import dicom_header as header
+from mammo_anogan.data.file_kinds import non_dicom_kind
+from mammo_anogan.data.orientation import patient_orientation_directions
 from mammo_anogan.data.preprocess import (
     LATERALITY_UNKNOWN,
     RawImage,
@@ -31,6 +35,14 @@ from mammo_anogan.data.preprocess import (
     Window,
     normalise_to_uint8,
     stored_value_domain,
+)
+from mammo_anogan.data.views import (
+    CBIS_DDSM_NAME,
+    ViewFacts,
+    laterality_from_text,
+    parse_view_text,
+    partial_view_from_code,
+    view_from_code,
 )
 
 # Storage SOP classes that never hold a mammogram's pixels (reports, presentation states, documents).
@@ -41,18 +53,20 @@ _NON_IMAGE_SOP_WORDS = (
     "Encapsulated",
     "Raw Data",
     "Waveform",
+    "Segmentation",
+    "Spatial Registration",
+    "Spatial Fiducials",
+    "Real World Value Mapping",
+    "Surface",
+    "RT Structure",
+    "Hanging Protocol",
+    "Color Palette",
+    "Implant",
+    "Media Storage Directory",
 )
-_VIEW_CODES = {
-    "R-10242": "CC",
-    "399162004": "CC",
-    "R-10226": "MLO",
-    "399368009": "MLO",
-    "R-10224": "ML",
-    "399260004": "ML",
-    "R-10228": "LM",
-    "399352003": "LM",
-}
-_CBIS_PATIENT = re.compile(r"^(?:Calc|Mass)-(?:Test|Training)_(P_\d+)_(?:LEFT|RIGHT)_(?:CC|MLO)", re.I)
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+_VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+_BIOPSY_IMAGE_TYPES = frozenset({"TOMO_SCOUT", "POSTBIOPSY", "POSTMARKER", "PREFIRE", "POSTFIRE"})
 
 
 _QUOTED = re.compile(r"b?'[^']*'" + r'|b?"[^"]*"')
@@ -101,8 +115,19 @@ def safe_token(value: str) -> str:
     return value if _SAFE_TOKEN.fullmatch(value) else "invalid"
 
 
+def is_dicomdir(dataset: Dataset) -> bool:
+    """A DICOMDIR (Media Storage Directory): the index of a DICOM CD / export, not an image."""
+    meta = getattr(dataset, "file_meta", None)
+    sop = header.text(meta, "MediaStorageSOPClassUID") if meta is not None else ""
+    return sop == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in dataset
+
+
 def read_header(path: Path) -> Dataset:
-    """Read a DICOM file lazily (large elements deferred); reject non-DICOM and truncated headers."""
+    """Read a DICOM file lazily (large elements deferred); reject non-DICOM, index and truncated files.
+
+    A file that is not DICOM gets ``not a DICOM file (<kind>)`` when its kind can be told
+    (:func:`~mammo_anogan.data.file_kinds.non_dicom_kind`: empty, .DS_Store, archive, PNG, ...).
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -112,6 +137,8 @@ def read_header(path: Path) -> Dataset:
     except Exception as err:  # noqa: BLE001 - any parser failure is a property of the file
         raise RejectedInput(f"truncated or corrupt DICOM header ({_short(err, str(path))})") from None
     if dataset is not None:
+        if is_dicomdir(dataset):
+            raise RejectedInput("DICOMDIR (index file, not an image)")
         if "SOPClassUID" not in dataset and "Rows" not in dataset:  # the parser stopped at the cut
             raise RejectedInput("truncated or corrupt DICOM header (no image attributes)")
         return dataset
@@ -120,11 +147,16 @@ def read_header(path: Path) -> Dataset:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dataset = pydicom.dcmread(path, defer_size="512 KB", force=True)
+        if is_dicomdir(dataset):
+            raise RejectedInput("DICOMDIR (index file, not an image)")
         if "SOPClassUID" in dataset and "Rows" in dataset:
             return dataset
+    except RejectedInput:
+        raise
     except Exception:  # noqa: BLE001
         pass
-    raise RejectedInput("not a DICOM file")
+    kind = non_dicom_kind(path)
+    raise RejectedInput(f"not a DICOM file ({kind})" if kind else "not a DICOM file")
 
 
 def transfer_syntax(dataset: Dataset) -> pydicom.uid.UID | None:
@@ -141,28 +173,50 @@ def transfer_syntax(dataset: Dataset) -> pydicom.uid.UID | None:
     return syntax
 
 
+def _sop_class_name(dataset: Dataset) -> str:
+    uid = header.text(dataset, "SOPClassUID")
+    if not uid:
+        return "unknown"
+    name = pydicom.uid.UID(uid).name
+    return name if name != uid else "unknown"
+
+
 def check_image_header(dataset: Dataset, modalities: list[str], max_pixels: int) -> None:
-    """Reject, from the header alone, anything that is not a decodable single 2-D grayscale image."""
-    modality = str(dataset.get("Modality", "") or "").upper()
+    """Reject, from the header alone, anything that is not a decodable single 2-D presentation mammogram.
+
+    Every element is read tolerantly (:mod:`~mammo_anogan.data.dicom_header`): an element that is
+    present but empty or malformed counts as absent.
+    """
+    modality = header.text(dataset, "Modality")
     if modalities and modality not in {m.upper() for m in modalities}:
         shown = safe_token(modality) if modality else "missing"
         raise RejectedInput(f"modality {shown} not in [{', '.join(modalities)}]")
-    sop_class = dataset.get("SOPClassUID")
-    sop_name = getattr(sop_class, "name", str(sop_class or "unknown"))
+    sop_name = _sop_class_name(dataset)
     if any(word in sop_name for word in _NON_IMAGE_SOP_WORDS):
         raise RejectedInput(f"non-image DICOM ({sop_name})")
+    if "For Processing" in sop_name or header.text(dataset, "PresentationIntentType") == "FOR PROCESSING":
+        raise RejectedInput(
+            "for-processing image (raw detector data, not for display): not supported, "
+            "export the FOR PRESENTATION images"
+        )
+    _check_image_type(dataset)
+    _check_derived_series(dataset)
     if "PixelData" not in dataset and "FloatPixelData" not in dataset:
         raise RejectedInput("missing pixel data")
-    try:
-        rows, cols = int(dataset.Rows), int(dataset.Columns)
-        frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError):
-        raise RejectedInput("missing or invalid Rows/Columns") from None
+    rows, cols = _single_int(dataset, "Rows"), _single_int(dataset, "Columns")
+    if rows is None or cols is None or rows < 1 or cols < 1:
+        raise RejectedInput("missing or invalid Rows/Columns")
+    for keyword in ("BitsAllocated", "BitsStored", "PixelRepresentation"):
+        if keyword in dataset and _single_int(dataset, keyword) is None:
+            raise RejectedInput(f"invalid {keyword} (empty or malformed)")
+    frames = header.integer(dataset, "NumberOfFrames") or 1
     if rows * cols * frames > max_pixels:
         raise RejectedInput(f"declares {rows * cols * frames} pixels (over max_pixels {max_pixels})")
     if frames > 1:
         raise RejectedInput(f"multi-frame DICOM ({frames} frames) is not supported")
-    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    photometric = header.text(dataset, "PhotometricInterpretation")
+    if not photometric:
+        raise RejectedInput("missing PhotometricInterpretation (cannot tell dark from bright)")
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise RejectedInput(f"photometric interpretation {safe_token(photometric)} is not grayscale")
     syntax = transfer_syntax(dataset)
@@ -175,10 +229,49 @@ def check_image_header(dataset: Dataset, modalities: list[str], max_pixels: int)
             raise RejectedInput(f"no decoder installed for transfer syntax {syntax.name}")
 
 
+def _single_int(dataset: Dataset, keyword: str) -> int | None:
+    """A whole-number element holding exactly one value, else ``None``."""
+    values = header.numbers(dataset, keyword)
+    if len(values) != 1 or values[0] is None or not float(values[0]).is_integer():
+        return None
+    return int(values[0])
+
+
+def _check_image_type(dataset: Dataset) -> None:
+    """Biopsy, tomosynthesis and contrast-enhanced recombined images are not screening films.
+
+    ImageType (0008,0008) values 3-5 (PS3.3 C.8.11.7.1.4, C.8.21.6.1.1): stereotactic biopsy
+    (``STEREO_*``, ``PREFIRE*``, ``POSTFIRE*``, ...), DBT projections / reconstructions, contrast-
+    enhanced high-energy and recombined (``SUBTRACTION`` / ``ADDITION``) images. Low-energy
+    contrast images and synthesized 2D views are mammograms and are kept.
+    """
+    values = header.texts(dataset, "ImageType")
+    for value in values[2:]:
+        if value in _BIOPSY_IMAGE_TYPES or value.startswith(("STEREO_", "PREFIRE", "POSTFIRE")):
+            raise RejectedInput(
+                f"stereotactic biopsy image (ImageType {safe_token(value)}), not a screening film"
+            )
+        if value in ("TOMO_PROJ", "TOMOSYNTHESIS"):
+            raise RejectedInput(f"tomosynthesis image (ImageType {value}), not a 2D mammogram")
+        if value in ("SUBTRACTION", "ADDITION", "HIGH_ENERGY"):
+            raise RejectedInput(f"contrast-enhanced {value.lower().replace('_', '-')} image, not a mammogram")
+
+
+def _check_derived_series(dataset: Dataset) -> None:
+    """CBIS-DDSM ships lesion ROI masks and cropped lesion patches as MG DICOMs beside the films."""
+    description = header.text(dataset, "SeriesDescription")
+    if "ROI MASK" in description:
+        raise RejectedInput("lesion ROI mask image (CBIS-DDSM), not a mammogram")
+    if "CROPPED" in description:
+        raise RejectedInput("cropped lesion patch (CBIS-DDSM), not a full mammogram")
+
+
 def decode_pixels(dataset: Dataset, path: Path) -> np.ndarray:
     """Decode the (single-frame) pixel data as stored values; reject undecodable data."""
     syntax = dataset.file_meta.get("TransferSyntaxUID") if hasattr(dataset, "file_meta") else None
     options: dict[str, str] = {}
+    if "NumberOfFrames" in dataset and header.integer(dataset, "NumberOfFrames") is None:
+        del dataset.NumberOfFrames  # empty or malformed: a single frame (checked from the header)
     if syntax is not None and syntax.is_compressed:
         if "pylibjpeg" in get_decoder(syntax).available_plugins:
             options["decoding_plugin"] = "pylibjpeg"
@@ -197,128 +290,277 @@ def decode_pixels(dataset: Dataset, path: Path) -> np.ndarray:
     return pixels
 
 
-def window_tables(dataset: Dataset, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray | None, Window | None]:
-    """``(modality_table, display_table, window)`` over every stored value of ``dtype``.
+class WindowTables(NamedTuple):
+    """The header's intensity pipeline over every stored value (see :func:`window_tables`)."""
 
-    ``display_table`` is ``None`` when the header has neither a VOI LUT nor a window; then the
-    caller computes the documented fallback window. The VOI output range (which pydicom leaves in
-    stored-value units) is found by evaluating the transform far below and above the input range,
-    which works for linear and sigmoid windows and for monotonic LUTs alike.
-    """
-    domain = stored_value_domain(dtype)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        modality = np.asarray(apply_modality_lut(domain, dataset), dtype=np.float64)
-        has_lut = bool(dataset.get("VOILUTSequence"))
-        has_window = "WindowCenter" in dataset and "WindowWidth" in dataset
-        if not (has_lut or has_window):
-            return modality, None, None
+    modality: np.ndarray
+    display: np.ndarray | None
+    window: Window | None
+    note: str
+
+
+def _modality_table(dataset: Dataset, domain: np.ndarray, notes: list[str]) -> np.ndarray:
+    """Modality LUT or rescale; an unusable RescaleSlope/Intercept is ignored (and noted)."""
+    if header.items(dataset, "ModalityLUTSequence"):
         try:
-            displayed = np.asarray(apply_voi_lut(modality, dataset, prefer_lut=True), dtype=np.float64)
-            span = float(np.abs(modality).max()) * 1e3 + 1e6
-            extremes = np.asarray(
-                apply_voi_lut(np.array([-span, span]), dataset, prefer_lut=True), dtype=np.float64
-            )
-        except Exception as err:  # noqa: BLE001 - invalid window / LUT values in the header
-            raise RejectedInput(f"invalid VOI LUT or window in the header ({_short(err)})") from None
-    low, high = float(np.nanmin(extremes)), float(np.nanmax(extremes))
-    if has_lut:
-        lut_data = np.asarray(dataset.VOILUTSequence[0].LUTData, dtype=np.float64)
-        low, high = float(lut_data.min()), float(lut_data.max())
-    table = normalise_to_uint8(displayed, low, high)
-    if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        table = 255 - table
-    if has_lut:
-        window = Window(center=float("nan"), width=float("nan"), source="voi_lut")
-    else:
-        window = Window(
-            center=_first(dataset.WindowCenter), width=_first(dataset.WindowWidth), source="header"
-        )
-    return modality, table, window
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                return np.asarray(apply_modality_lut(domain, dataset), dtype=np.float64)
+        except Exception as err:  # noqa: BLE001 - invalid LUT values in the header
+            raise RejectedInput(f"invalid modality LUT in the header ({_short(err)})") from None
+    slope, intercept = header.number(dataset, "RescaleSlope"), header.number(dataset, "RescaleIntercept")
+    if slope is None or slope == 0:
+        if header.raw_value(dataset, "RescaleSlope") is not None:
+            notes.append("RescaleSlope unusable: 1 used")
+        slope = 1.0
+    if intercept is None:
+        if header.raw_value(dataset, "RescaleIntercept") is not None:
+            notes.append("RescaleIntercept unusable: 0 used")
+        intercept = 0.0
+    return domain.astype(np.float64) * slope + intercept
 
 
-def _first(value: object) -> float:
-    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
-        return float(value[0])
-    return float(value)  # type: ignore[arg-type]
-
-
-def dicom_laterality(dataset: Dataset) -> str:
-    """``L``/``R`` from ImageLaterality, then Laterality; ``U`` when neither says."""
-    for keyword in ("ImageLaterality", "Laterality"):
-        value = str(dataset.get(keyword, "") or "").strip().upper()
-        if value in ("L", "LEFT"):
-            return "L"
-        if value in ("R", "RIGHT"):
-            return "R"
-    return LATERALITY_UNKNOWN
-
-
-def normalise_view(value: str) -> str | None:
-    """``CC``/``MLO``/other view token from free text; ``None`` when no view is recognisable."""
-    text = value.strip().upper().replace("-", " ").replace("_", " ")
-    if not text:
+def _voi_lut_table(dataset: Dataset, modality: np.ndarray, notes: list[str]) -> np.ndarray | None:
+    """The first VOI LUT Sequence item applied to ``modality`` as 8 bits; ``None`` when unusable."""
+    if not header.items(dataset, "VOILUTSequence"):
         return None
-    if text in ("CC", "MLO", "ML", "LM", "XCCL", "XCCM", "LMO", "FB", "SIO", "AT", "CV"):
-        return text
-    if "CRANIO CAUDAL" in text or "CRANIOCAUDAL" in text or re.search(r"\bCC\b", text):
-        return "CC"
-    if "OBLIQUE" in text or re.search(r"\bMLO\b", text):
-        return "MLO"
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            displayed = np.asarray(apply_voi(modality, dataset, index=0), dtype=np.float64)
+            lut_data = np.asarray(dataset.VOILUTSequence[0].LUTData, dtype=np.float64)
+        low, high = float(lut_data.min()), float(lut_data.max())
+        if high > low and np.isfinite(displayed).all():
+            return normalise_to_uint8(displayed, low, high)
+    except Exception:  # noqa: BLE001 - a damaged LUT falls through to the window, noted
+        pass
+    notes.append("VOI LUT Sequence unusable: ignored")
     return None
 
 
+def _header_window(dataset: Dataset, notes: list[str]) -> tuple[float, float, str] | None:
+    """``(center, width, function)`` of the first usable window; ``None`` (noted) when none is usable.
+
+    Windows are paired in order (WindowCenter[i], WindowWidth[i]); the first is the default (PS3.3
+    C.11.2.1.2). An unknown VOI LUT Function is read as LINEAR, the standard's default.
+    """
+    centers = header.numbers(dataset, "WindowCenter")
+    widths = header.numbers(dataset, "WindowWidth")
+    function = header.text(dataset, "VOILUTFunction") or "LINEAR"
+    if function not in _VOI_FUNCTIONS:
+        notes.append(f"VOI LUT Function {safe_token(function)} unknown: LINEAR used")
+        function = "LINEAR"
+    pairs = list(zip(centers, widths))
+    usable = [
+        i
+        for i, (c, w) in enumerate(pairs)
+        if c is not None and w is not None and (w >= 1.0 if function == "LINEAR" else w > 0.0)
+    ]
+    if not usable:
+        if "WindowCenter" in dataset or "WindowWidth" in dataset:
+            notes.append(
+                f"header window unusable ({_window_defect(dataset, centers, widths)}): fallback window"
+            )
+        return None
+    index = usable[0]
+    if index > 0:
+        notes.append(f"header window 1 unusable: window {index + 1} of {len(pairs)} used")
+    center, width = pairs[index]
+    assert center is not None and width is not None
+    return center, width, function
+
+
+def _window_defect(dataset: Dataset, centers: list[float | None], widths: list[float | None]) -> str:
+    """What is wrong with the first window, in a few words (``empty``, ``width 0``, ...)."""
+    problems = []
+    for keyword, values in (("WindowCenter", centers), ("WindowWidth", widths)):
+        if not values:
+            state = "absent" if keyword not in dataset else "empty"
+            problems.append(f"{keyword} {state}")
+        elif values[0] is None:
+            problems.append(f"{keyword} malformed")
+    if not problems and widths and widths[0] is not None:
+        return f"width {widths[0]:g}"
+    if all(p.endswith("empty") for p in problems) and len(problems) == 2:
+        return "empty"
+    return ", ".join(problems)
+
+
+def _window_table(modality: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """pydicom's windowing (LINEAR / LINEAR_EXACT / SIGMOID) on sanitised values, as 8 bits.
+
+    The output range is found by evaluating the transform far below and above the input range,
+    which works for linear and sigmoid windows alike.
+    """
+    voi = Dataset()
+    voi.PhotometricInterpretation = "MONOCHROME2"
+    voi.BitsStored, voi.PixelRepresentation = 16, 0
+    voi.WindowCenter, voi.WindowWidth, voi.VOILUTFunction = center, width, function
+    span = float(np.abs(modality).max()) * 1e3 + 1e6
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        displayed = np.asarray(apply_windowing(modality, voi), dtype=np.float64)
+        extremes = np.asarray(apply_windowing(np.array([-span, span]), voi), dtype=np.float64)
+    return normalise_to_uint8(displayed, float(np.nanmin(extremes)), float(np.nanmax(extremes)))
+
+
+def window_tables(dataset: Dataset, dtype: np.dtype) -> WindowTables:
+    """``(modality, display, window, note)`` tables over every stored value of ``dtype``.
+
+    ``display`` is ``None`` when the header has neither a usable VOI LUT nor a usable window; the
+    caller then computes the documented fallback window. Present-but-empty or malformed elements
+    (empty WindowCenter, width 0, text in RescaleSlope, an unknown VOI LUT Function) never raise:
+    each is ignored or replaced by the standard's default, and ``note`` says which.
+    """
+    notes: list[str] = []
+    modality = _modality_table(dataset, stored_value_domain(dtype), notes)
+    table = _voi_lut_table(dataset, modality, notes)
+    window: Window | None = None
+    if table is not None:
+        window = Window(center=float("nan"), width=float("nan"), source="voi_lut")
+    else:
+        chosen = _header_window(dataset, notes)
+        if chosen is not None:
+            center, width, function = chosen
+            table = _window_table(modality, center, width, function)
+            window = Window(center=center, width=width, source="header")
+    if table is not None and header.text(dataset, "PhotometricInterpretation") == "MONOCHROME1":
+        table = 255 - table
+    return WindowTables(modality, table, window, "; ".join(notes))
+
+
+class DicomViewFacts(NamedTuple):
+    """View, breast side and partial-view modifiers of a file, with the header disagreements found."""
+
+    view: str | None
+    laterality: str | None
+    partial: frozenset[str]
+    note: str
+
+
+def _view_sources(dataset: Dataset, relpath: str | None) -> list[tuple[str, ViewFacts]]:
+    """Every place that states a view or side, in order of trust (coded first, file name last)."""
+    sources: list[tuple[str, ViewFacts]] = []
+    partial: set[str] = set()
+    for item in header.items(dataset, "ViewCodeSequence"):
+        sources.append(
+            (
+                "ViewCodeSequence",
+                view_from_code(header.text(item, "CodeValue"), header.text(item, "CodeMeaning")),
+            )
+        )
+        for modifier in header.items(item, "ViewModifierCodeSequence"):
+            found = partial_view_from_code(
+                header.text(modifier, "CodeValue"), header.text(modifier, "CodeMeaning")
+            )
+            partial.update([found] if found else [])
+    for modifier in header.items(dataset, "ViewModifierCodeSequence"):
+        found = partial_view_from_code(
+            header.text(modifier, "CodeValue"), header.text(modifier, "CodeMeaning")
+        )
+        partial.update([found] if found else [])
+    if partial:
+        sources.append(("ViewModifierCodeSequence", ViewFacts(partial=frozenset(partial))))
+    sources.append(("ViewPosition", parse_view_text(header.text(dataset, "ViewPosition"))))
+    for keyword in ("AcquisitionDeviceProcessingDescription", "SeriesDescription", "ProtocolName"):
+        sources.append((keyword, parse_view_text(header.text(dataset, keyword), free_text=True)))
+    orientation = header.texts(dataset, "PatientOrientation")
+    if patient_orientation_directions(orientation) is None:  # CBIS-DDSM writes the view here
+        sources.insert(-2, ("PatientOrientation", parse_view_text(" ".join(orientation), free_text=True)))
+    cbis = CBIS_DDSM_NAME.search(header.text(dataset, "PatientID"))
+    if cbis is not None:
+        sources.append(("PatientID", ViewFacts(cbis.group("view").upper(), cbis.group("side")[0].upper())))
+    if relpath:
+        sources.append(("file name", parse_view_text(relpath, free_text=True)))
+    return [(name, facts) for name, facts in sources if facts]
+
+
+def dicom_view_facts(dataset: Dataset, relpath: str | None = None) -> DicomViewFacts:
+    """View and laterality from every header that states them; disagreements go into ``note``.
+
+    Laterality: ImageLaterality, Laterality, then the sides in combined codes (``RCC``,
+    ``LEFT MLO``, CBIS-DDSM ids, INbreast file names). View: ViewCodeSequence (CID 4014 codes),
+    ViewPosition, (0018,1400) Acquisition Device Processing Description (Fujifilm),
+    PatientOrientation when it holds a view (CBIS-DDSM), SeriesDescription, ProtocolName, the
+    CBIS-DDSM PatientID, the file name. The first source that states one wins.
+    """
+    stated_sides: list[tuple[str, str]] = []
+    for keyword in ("ImageLaterality", "Laterality"):
+        side = laterality_from_text(header.text(dataset, keyword))
+        if side:
+            stated_sides.append((keyword, side))
+    sources = _view_sources(dataset, relpath)
+    stated_sides += [(name, facts.laterality) for name, facts in sources if facts.laterality]
+    stated_views = [(name, facts.view) for name, facts in sources if facts.view]
+    partial = frozenset().union(*(facts.partial for _, facts in sources))
+    notes = []
+    if len({side for _, side in stated_sides}) > 1:
+        listed = ", ".join(f"{name} {side}" for name, side in stated_sides)
+        notes.append(f"laterality sources disagree ({listed}): {stated_sides[0][0]} used")
+    header_views = [(name, view) for name, view in stated_views if name != "file name"]
+    if len({view for _, view in header_views}) > 1:
+        listed = ", ".join(f"{name} {view}" for name, view in header_views)
+        notes.append(f"view sources disagree ({listed}): {header_views[0][0]} used")
+    return DicomViewFacts(
+        view=stated_views[0][1] if stated_views else None,
+        laterality=stated_sides[0][1] if stated_sides else None,
+        partial=partial,
+        note="; ".join(notes),
+    )
+
+
+def dicom_laterality(dataset: Dataset) -> str:
+    """``L``/``R`` (or ``B``) from every header that states it; ``U`` when none does."""
+    return dicom_view_facts(dataset).laterality or LATERALITY_UNKNOWN
+
+
 def dicom_view(dataset: Dataset) -> str:
-    """View from ViewPosition, ViewCodeSequence, PatientOrientation, then SeriesDescription."""
-    view = normalise_view(str(dataset.get("ViewPosition", "") or ""))
-    if view:
-        return view
-    for item in dataset.get("ViewCodeSequence", []) or []:
-        code = str(item.get("CodeValue", "") or "")
-        if code in _VIEW_CODES:
-            return _VIEW_CODES[code]
-        view = normalise_view(str(item.get("CodeMeaning", "") or ""))
-        if view:
-            return view
-    orientation = dataset.get("PatientOrientation", "")
-    if isinstance(orientation, str):  # CBIS-DDSM stores the view here ('CC' / 'MLO')
-        view = normalise_view(orientation)
-        if view:
-            return view
-    view = normalise_view(str(dataset.get("SeriesDescription", "") or ""))
-    return view or "UNKNOWN"
+    """The view from every header that states it (see :func:`dicom_view_facts`); ``UNKNOWN`` when none."""
+    return dicom_view_facts(dataset).view or "UNKNOWN"
 
 
 def dicom_patient_key(dataset: Dataset) -> str | None:
     """The raw patient key to hash (never written): CBIS-DDSM per-image IDs collapse to ``P_xxxxx``."""
-    patient_id = str(dataset.get("PatientID", "") or "").strip()
+    patient_id = header.text(dataset, "PatientID")
     if not patient_id:
         return None
-    match = _CBIS_PATIENT.match(patient_id)
-    return match.group(1) if match else patient_id
+    raw = str(header.raw_value(dataset, "PatientID") or "").strip()
+    match = CBIS_DDSM_NAME.match(raw)
+    return match.group("patient") if match else raw
 
 
 def load_dicom(
-    path: Path, modalities: list[str], max_pixels: int, views: list[str] | None
+    path: Path, modalities: list[str], max_pixels: int, views: list[str] | None, relpath: str | None = None
 ) -> tuple[RawImage, str | None]:
     """Validate, view-filter and decode one DICOM file; returns ``(raw image, raw patient key)``.
 
     ``views`` (when given) rejects unwanted views before decoding, which is where the time goes.
+    ``relpath`` (never written anywhere) is the last place a view or side is looked for (INbreast
+    and CBIS-DDSM file names).
     """
     dataset = read_header(path)
     check_image_header(dataset, modalities, max_pixels)
-    view = dicom_view(dataset)
+    facts = dicom_view_facts(dataset, relpath)
+    view = facts.view or "UNKNOWN"
+    if facts.partial:
+        kinds = " and ".join(sorted(facts.partial))
+        raise RejectedInput(f"{kinds} view (a partial view, not a full-field film)")
+    if facts.laterality == "B":
+        raise RejectedInput("laterality B (both breasts in one image) is not supported")
     if views is not None and view not in views:
         raise RejectedInput(f"view {view} not in [{', '.join(views)}]")
     pixels = decode_pixels(dataset, path)
-    modality_table, display_table, window = window_tables(dataset, pixels.dtype)
+    tables = window_tables(dataset, pixels.dtype)
     raw = RawImage(
         pixels=pixels,
-        modality_table=modality_table,
-        invert=str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1",
-        display_table=display_table,
-        window=window,
-        laterality=dicom_laterality(dataset),
+        modality_table=tables.modality,
+        invert=header.text(dataset, "PhotometricInterpretation") == "MONOCHROME1",
+        display_table=tables.display,
+        window=tables.window,
+        laterality=facts.laterality or LATERALITY_UNKNOWN,
         view=view,
+        window_note=tables.note,
+        patient_orientation=tuple(header.texts(dataset, "PatientOrientation")),
+        header_note=facts.note,
     )
     return raw, dicom_patient_key(dataset)

@@ -22,6 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from mammo_anogan.utils.errors import UserError
 from mammo_anogan.utils.io import AppendOnlyCsv, atomic_write_bytes, atomic_write_csv
 
 MANIFEST_FILE = "manifest.csv"
@@ -43,7 +44,10 @@ MANIFEST_COLUMNS = (
     "window_center",
     "window_width",
     "window_source",
+    "window_check",
     "flipped",
+    "orientation_source",
+    "orientation_check",
     "pectoral_removed",
     "abnormality",
     "tissue",
@@ -72,11 +76,25 @@ def format_geometry(values: Iterable[float]) -> str:
     return ";".join(f"{v:.1f}" for v in values)
 
 
+def _check_header(path: Path, columns: tuple[str, ...]) -> None:
+    """Refuse to append to a manifest written with other columns (an older version of prepare)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open(encoding="utf-8") as handle:
+        header = handle.readline().strip().split(",")
+    if header != list(columns):
+        raise UserError(
+            f"{path.name} in prepare.out_dir has other columns (written by another version of prepare): "
+            "use prepare.overwrite=true or another prepare.out_dir"
+        )
+
+
 class DatasetWriter:
     """Appends manifest / rejection rows and knows which sources are already done (resume)."""
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
+        _check_header(out_dir / MANIFEST_FILE, MANIFEST_COLUMNS)
         self.manifest = AppendOnlyCsv(out_dir / MANIFEST_FILE, MANIFEST_COLUMNS)
         self.rejected = AppendOnlyCsv(out_dir / REJECTED_FILE, REJECTED_COLUMNS)
 

@@ -19,6 +19,13 @@ import cv2
 import numpy as np
 
 from mammo_anogan.data import masks
+from mammo_anogan.data import orientation as orient
+from mammo_anogan.data.film_checks import (
+    background_brighter_than_tissue,
+    background_level,
+    lower_lifted_background,
+    mask_problem,
+)
 
 LATERALITY_UNKNOWN = "U"
 
@@ -218,6 +225,9 @@ class RawImage:
     window: Window | None = None
     laterality: str = LATERALITY_UNKNOWN
     view: str = "UNKNOWN"
+    window_note: str = ""  # why the header's window was not used as is (empty, width 0, ...)
+    patient_orientation: tuple[str, ...] = ()  # PatientOrientation (0020,0020) values, as read
+    header_note: str = ""  # disagreements between headers (laterality, view)
 
 
 @dataclass(frozen=True)
@@ -238,6 +248,9 @@ class PreprocessSettings:
     clip_min_area_px: int = 4
     clip_max_area_fraction: float = 0.02
     clip_min_extent: float = 0.3
+    orientation_conflict: str = "pixels"
+    background_lift_max: int = 12
+    mask_max_film_fraction: float = 0.95
 
 
 @dataclass
@@ -252,6 +265,9 @@ class PreparedImage:
     pectoral_removed: bool = False
     lesion_mask: np.ndarray | None = None  # bool [R, R] where ground truth exists
     lesions: list[tuple[float, float, float]] | None = None  # (x, y, radius) per lesion
+    window_check: str = ""  # what a sanity check changed about the window ("" = nothing)
+    orientation_source: str = ""  # patient_orientation | laterality | pixels | signal
+    orientation_check: str = ""  # header/pixel contradictions found ("" = none)
 
 
 def display_table_from_window(raw: RawImage, window: Window) -> np.ndarray:
@@ -293,6 +309,25 @@ def breast_mask_for(
     return coverage >= 0.5
 
 
+def _render(
+    raw_pixels: np.ndarray, table: np.ndarray, flip: bool, settings: PreprocessSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image and breast mask in output coordinates through one display table."""
+    display = apply_lut(table, raw_pixels)  # the full-size 8-bit film, rendered once
+    image = orient_pad_resize(display, flip, settings.resolution)
+    return image, breast_mask_for(display, flip, image, settings)
+
+
+def _display_with_background_check(
+    table: np.ndarray, small: np.ndarray, rough: np.ndarray, settings: PreprocessSettings, notes: list[str]
+) -> np.ndarray:
+    level = background_level(apply_lut(table, small), rough)
+    if level > settings.background_lift_max:
+        notes.append(f"window lifts the background to grey {level:.0f}: rescaled to black")
+        return lower_lifted_background(table, level)
+    return table
+
+
 def prepare_image(
     raw: RawImage,
     settings: PreprocessSettings,
@@ -304,14 +339,39 @@ def prepare_image(
     ``lesion_circles`` is an ``[K, 3]`` array of ``(x, y, radius)`` in raw pixel coordinates
     (origin top-left); ``lesion_mask_raw`` a boolean mask in the raw film's geometry. Both come
     out in output coordinates, transformed exactly like the image.
+
+    Sanity checks (docs/reliability.md, "DICOM quirks"): a film whose background is its bright,
+    smooth region is rejected; a window that lifts the background above black is stretched so the
+    background is black; a breast mask that covers (nearly) the whole film makes the header window
+    give way to the fallback window (``window_check`` says so) and, if that fails too, rejects the
+    film.
+    The chest-wall side comes from the headers checked against the pixels
+    (:mod:`mammo_anogan.data.orientation`).
     """
-    small = resize_long_side(raw.pixels, settings.work_side)
+    header = orient.header_orientation(
+        list(raw.patient_orientation), raw.laterality, raw.view, raw.header_note
+    )
+    pixels = raw.pixels
+    if header.flip_vertical:
+        pixels = np.ascontiguousarray(pixels[::-1])
+        if lesion_circles is not None and len(lesion_circles):
+            lesion_circles = np.asarray(lesion_circles, dtype=np.float64).reshape(-1, 3).copy()
+            lesion_circles[:, 1] = pixels.shape[0] - 1 - lesion_circles[:, 1]
+        if lesion_mask_raw is not None:
+            lesion_mask_raw = lesion_mask_raw[::-1]
+    small = resize_long_side(pixels, settings.work_side)
     modality_small = apply_lut(raw.modality_table, small)
     presentation_small = -modality_small if raw.invert else modality_small
     rough = masks.rough_breast_mask(presentation_small)
     if not rough.any():
         raise RejectedInput("empty breast mask (blank or uniform image)")
+    if background_brighter_than_tissue(presentation_small):
+        raise RejectedInput(
+            "background brighter than the breast: raw (for-processing) data "
+            "or a wrong PhotometricInterpretation"
+        )
 
+    notes = [raw.window_note] if raw.window_note else []
     window = raw.window
     display_table = raw.display_table
     if display_table is None:
@@ -332,21 +392,52 @@ def prepare_image(
         if clips:
             raise RejectedInput(f"surgical clip or marker detected ({clips} metal-bright compact objects)")
 
-    laterality = raw.laterality
-    side = laterality if laterality in ("L", "R") else laterality_from_signal(apply_lut(display_table, small))
+    decided = orient.resolve_orientation(
+        header, orient.chest_wall_from_mask(rough), settings.orientation_conflict
+    )
+    side, source = decided.chest_wall, decided.source
+    if source == "none":
+        side, source = laterality_from_signal(apply_lut(display_table, small)), "signal"
     flip = settings.flip_right and side == "R"
 
-    display = apply_lut(display_table, raw.pixels)  # the full-size 8-bit film, rendered once
-    image = orient_pad_resize(display, flip, settings.resolution)
-    mask = breast_mask_for(display, flip, image, settings)
+    display_table = _display_with_background_check(display_table, small, rough, settings, notes)
+    image, mask = _render(pixels, display_table, flip, settings)
+    film = orient_pad_resize(np.ones(small.shape, np.float32), flip, settings.resolution) >= 0.5
+    problem = mask_problem(mask, film, settings.mask_max_film_fraction)
+    if problem is not None and not window.source.startswith("fallback"):
+        fallback = _fallback_window(raw, modality_small, rough, settings)
+        fallback_notes: list[str] = []
+        table = _display_with_background_check(
+            display_table_from_window(raw, fallback), small, rough, settings, fallback_notes
+        )
+        fallback_image, fallback_mask = _render(pixels, table, flip, settings)
+        if mask_problem(fallback_mask, film, settings.mask_max_film_fraction) is None:
+            notes = [
+                *notes,
+                f"{window.source} window replaced by the fallback window: {problem}",
+                *fallback_notes,
+            ]
+            image, mask, window, problem = fallback_image, fallback_mask, fallback, None
+    if problem is not None:
+        raise RejectedInput(f"breast mask failed the sanity check ({problem})")
     pectoral_removed = False
     if settings.pectoral_removal and raw.view == "MLO":
         mask, pectoral_removed = masks.remove_pectoral(image, mask)
     if not mask.any():
         raise RejectedInput("empty breast mask after thresholding")
 
-    prepared = PreparedImage(image, mask, laterality, flip, window, pectoral_removed)
-    shape = raw.pixels.shape[:2]
+    prepared = PreparedImage(
+        image,
+        mask,
+        raw.laterality,
+        flip,
+        window,
+        pectoral_removed,
+        window_check="; ".join(notes),
+        orientation_source=source,
+        orientation_check=decided.note,
+    )
+    shape = pixels.shape[:2]
     lesion_parts: list[np.ndarray] = []
     if lesion_circles is not None and len(lesion_circles):
         circles = np.asarray(lesion_circles, dtype=np.float64).reshape(-1, 3)

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from mammo_anogan.data.dicom_io import load_dicom, normalise_view
+from mammo_anogan.data.dicom_io import load_dicom
 from mammo_anogan.data.preprocess import (
     LATERALITY_UNKNOWN,
     RawImage,
@@ -36,6 +36,7 @@ from mammo_anogan.data.preprocess import (
     Window,
     stored_value_domain,
 )
+from mammo_anogan.data.views import laterality_from_text, parse_view_text
 from mammo_anogan.utils.errors import UserError
 
 LABELS = ("normal", "benign", "malignant", "unknown")
@@ -84,6 +85,16 @@ class LoadedInput:
     patient_key: str | None
     lesion_circles: np.ndarray | None
     lesion_mask: np.ndarray | None
+
+
+LATERALITY_COLUMNS = ("laterality", "image_laterality", "imagelaterality", "leftright", "side")
+VIEW_COLUMNS = ("view", "view_position", "viewposition")
+
+
+def _first_column(row: dict[str, str], names: tuple[str, ...]) -> str:
+    """The first non-empty value among columns ``names`` (matched case-insensitively)."""
+    lowered = {key.strip().lower(): value for key, value in row.items() if key}
+    return next((lowered[name].strip() for name in names if (lowered.get(name) or "").strip()), "")
 
 
 def normalise_label(value: str) -> str:
@@ -136,9 +147,14 @@ def _item_from_csv_row(row: dict[str, str], source: Path) -> InputItem:
     except RejectedInput as err:
         item.reject_reason = str(err)
     item.patient_key = row.get("patient_id") or None
-    laterality = (row.get("laterality") or "").upper()[:1]
+    # Column names of the public datasets' tables are accepted too (VinDr-Mammo: view_position,
+    # CMMD: LeftRight); values in any vocabulary of mammo_anogan.data.views (L, Left, RCC, ...).
+    laterality_text = _first_column(row, LATERALITY_COLUMNS)
+    view_text = _first_column(row, VIEW_COLUMNS)
+    facts = parse_view_text(view_text)
+    laterality = laterality_from_text(laterality_text) or facts.laterality
     item.laterality = laterality if laterality in ("L", "R") else None
-    item.view = normalise_view(row.get("view") or "") or (row.get("view") or "").upper() or None
+    item.view = facts.view or view_text.upper() or None
     if row.get("lesion_mask"):
         lesion = Path(row["lesion_mask"])
         item.lesion_mask_path = str(lesion if lesion.is_absolute() else source / lesion)
@@ -305,7 +321,7 @@ def load_item(
     patient_key = item.patient_key
     if item.kind == "dicom":
         early_views = views if item.view is None else None
-        raw, header_patient = load_dicom(path, modalities, max_pixels, early_views)
+        raw, header_patient = load_dicom(path, modalities, max_pixels, early_views, relpath=item.relpath)
         patient_key = patient_key or header_patient
     else:
         if item.view is not None and views is not None and item.view not in views:

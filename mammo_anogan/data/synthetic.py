@@ -307,7 +307,11 @@ def dicom_bytes(
     ds.ViewPosition = view
     ds.ImageLaterality = laterality
     ds.Laterality = laterality
-    ds.PatientOrientation = ["P", "L" if laterality == "R" else "R"] if view == "CC" else ["A", "FR"]
+    # Rows run from the chest wall to the nipple: A for a left breast (chest wall on the left, as
+    # stored here), P for a right one; columns run towards the other side (CC) or the feet (MLO).
+    rows = "A" if laterality == "L" else "P"
+    columns = "R" if laterality == "L" else "L"
+    ds.PatientOrientation = [rows, columns if view == "CC" else "F" + columns]
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"

@@ -31,6 +31,7 @@ from rich.text import Text
 from torch import Tensor, nn
 
 from mammo_anogan.evaluation.fidelity import METRIC_NAMES, UNRELIABLE_AT_SMALL_N, FidelityMetrics
+from mammo_anogan.training.preemption import preemption_stopping
 from mammo_anogan.utils.errors import ConfigError, UserError
 from mammo_anogan.utils.io import atomic_write_bytes
 
@@ -334,11 +335,11 @@ class SampleGridCallback(_OverheadTimer, Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.schedule.due(int(pl_module.cur_nimg)):
+        if self.schedule.due(int(pl_module.cur_nimg)) and not preemption_stopping(trainer):
             self.save_grid(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.schedule.last_nimg != int(pl_module.cur_nimg):
+        if self.schedule.last_nimg != int(pl_module.cur_nimg) and not preemption_stopping(trainer):
             self.save_grid(trainer, pl_module)
 
 
@@ -516,13 +517,15 @@ class FidelityCallback(_OverheadTimer, Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if preemption_stopping(trainer):
+            return  # a pre-empted run saves and exits: no metrics (they can outlast the kill wait)
         nimg = int(pl_module.cur_nimg)
         final = _will_stop_after_this_batch(trainer, pl_module, batch_idx)
         if self.schedule.due(nimg) or (final and self.schedule.last_nimg != nimg):
             self._evaluate_and_log(trainer, pl_module, inside_hook=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.schedule.last_nimg != int(pl_module.cur_nimg):
+        if self.schedule.last_nimg != int(pl_module.cur_nimg) and not preemption_stopping(trainer):
             self._evaluate_and_log(trainer, pl_module, inside_hook=False)
 
 

@@ -141,7 +141,12 @@ def _structured_dicom(seed: int) -> dict[str, bytes]:
         "pixel_data_too_short": _dicom_bytes(seed, PixelDataBytes=film16[: len(film16) // 2]),
         "pixel_data_too_long": _dicom_bytes(seed, PixelDataBytes=film16 + film16),
         "non_image_sop_class": _dicom_bytes(seed, SOPClassUID=SR_SOP_CLASS),
-        "monochrome1": _dicom_bytes(seed, PhotometricInterpretation="MONOCHROME1"),
+        # a real MONOCHROME1 film: stored values inverted (background brightest), labelled as such
+        "monochrome1": _dicom_bytes(
+            seed,
+            PhotometricInterpretation="MONOCHROME1",
+            PixelDataBytes=(4095 - phantom(HEIGHT, WIDTH, seed=seed)).tobytes(),
+        ),
         "signed_pixels": _dicom_bytes(seed, PixelRepresentation=1),
         "missing_rows": _dicom_bytes(seed, Rows=None),
         "missing_columns": _dicom_bytes(seed, Columns=None),

@@ -55,8 +55,14 @@ def run_entry(
     )
 
 
-def spawn_entry(module: str, overrides: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start the entry point in the background; its output goes to ``log_path``."""
+def spawn_entry(
+    module: str, overrides: Sequence[str], log_path: Path, new_process_group: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start the entry point in the background; its output goes to ``log_path``.
+
+    ``new_process_group``: the entry point leads a process group of its own (its pid is the group
+    id), so a test can signal it and its DataLoader workers together, as ``timeout`` and SLURM do.
+    """
     handle = log_path.open("wb")
     return subprocess.Popen(
         entry_command(module, overrides),
@@ -64,7 +70,32 @@ def spawn_entry(module: str, overrides: Sequence[str], log_path: Path) -> subpro
         env=entry_env(),
         stdout=handle,
         stderr=subprocess.STDOUT,
+        start_new_session=new_process_group,
     )
+
+
+def signal_group_and_wait(process: subprocess.Popen[bytes], sig: int, timeout: float) -> tuple[int, float]:
+    """Send ``sig`` to the process group of ``process``; ``(exit status, seconds from signal to exit)``.
+
+    Then waits (up to 30 s) until no process of the group is left: the workers must not outlive it.
+    """
+    started = time.monotonic()
+    os.killpg(process.pid, sig)
+    try:
+        returncode = process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, 9)
+    elapsed = time.monotonic() - started
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return returncode, elapsed
+        time.sleep(0.1)
+    os.killpg(process.pid, 9)
+    raise AssertionError("processes of the group (DataLoader workers) outlived the main process by 30 s")
 
 
 def wait_for(predicate, process: subprocess.Popen[bytes], timeout: float, log_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from data_factory import make_scoring_workspace
 from hydra import compose, initialize_config_dir
-from reliability_helpers import spawn_entry, wait_for
+from reliability_helpers import signal_group_and_wait, spawn_entry, wait_for
 
 import mammo_anogan.utils.config  # noqa: F401  (resolvers first)
 from mammo_anogan.anomaly.outputs import SCORES_FILE, load_image_arrays, map_path
@@ -133,26 +133,35 @@ def test_killed_score_run_resumes_each_image_exactly_once(
     pd.testing.assert_frame_equal(_key(rows), _key(reference))
 
 
-def test_sigterm_stops_scoring_between_batches_and_the_rerun_finishes(
-    workspace: dict[str, Path], tmp_path: Path
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, pytest.param(signal.SIGUSR1, marks=pytest.mark.slow)], ids=["SIGTERM", "SIGUSR1"]
+)
+def test_preemption_signal_to_the_process_group_stops_scoring_between_batches_and_the_rerun_finishes(
+    sig: signal.Signals, workspace: dict[str, Path], tmp_path: Path, figures: dict[str, float]
 ) -> None:
-    """SIGTERM (``timeout``, schedulers) stops projection at the next batch: exit 143, resumable.
+    """SIGTERM / SIGUSR1 to the whole process group (``timeout``, SLURM), 2 DataLoader workers:
+    projection stops at the next batch, exit 143, resumable; the workers do not die first.
 
     Lightning's predict loop ignored SIGTERM, so a terminated run carried on to the end.
     """
     run_dir = tmp_path / "run"
     scores = run_dir / SCORES_FILE
-    overrides = [*_overrides(workspace, 20), f"hydra.run.dir={run_dir}"]
+    overrides = [*_overrides(workspace, 20), f"hydra.run.dir={run_dir}", "data.loader.num_workers=2"]
     log_path = tmp_path / "first.log"
-    first = spawn_entry("score", overrides, log_path)
+    first = spawn_entry("score", overrides, log_path, new_process_group=True)
     try:
         wait_for(lambda: scores.is_file() and scores.read_bytes().count(b"\n") >= 2, first, 180, log_path)
+        returncode, seconds = signal_group_and_wait(first, sig, timeout=120)
     finally:
-        first.send_signal(signal.SIGTERM)
-        first.wait(timeout=120)
+        if first.poll() is None:
+            first.kill()
     output = log_path.read_text()
-    assert first.returncode == 143, output[-3000:]
-    assert "received SIGTERM: stopped between batches" in output and "Traceback" not in output
+    assert returncode == 143, output[-3000:]
+    assert f"received {sig.name}: stopped between batches" in output
+    assert "Traceback" not in output and "killed by signal" not in output
+    figures["score_preemption_signal_to_exit_s_max"] = max(
+        figures["score_preemption_signal_to_exit_s_max"], seconds
+    )
     expected = _expected_ids(workspace)
     done = len(_raw_scores(run_dir))
     assert 1 <= done < len(expected)  # it stopped early, with whole rows only

@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -17,10 +18,11 @@ import torch
 from data_factory import make_prepared_dataset
 from hydra import compose, initialize_config_dir
 from pytorch_lightning.callbacks import Callback
-from reliability_helpers import TINY_TRAIN, spawn_entry, wait_for
+from reliability_helpers import TINY_TRAIN, signal_group_and_wait, spawn_entry, wait_for
 
 import mammo_anogan.utils.config  # noqa: F401  (resolvers first)
 from mammo_anogan.train import train
+from mammo_anogan.training.callbacks import FidelityCallback
 from mammo_anogan.training.preemption import PreemptionCheckpoint
 from mammo_anogan.utils.config import CONFIG_DIR
 
@@ -115,43 +117,58 @@ def test_sigkill_at_a_random_moment_resumes_from_last_checkpoint(
     assert (run_dir / "generator.pt").is_file()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM])
-def test_preemption_signal_saves_last_checkpoint_and_stops_cleanly(
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, pytest.param(signal.SIGUSR1, marks=pytest.mark.slow)], ids=["SIGTERM", "SIGUSR1"]
+)
+def test_preemption_signal_to_the_process_group_saves_one_checkpoint_and_stops_cleanly(
     sig: signal.Signals, dataset_dir: Path, tmp_path: Path, figures: dict[str, float]
 ) -> None:
+    """The signal reaches the main process and its 2 DataLoader workers at once, as ``timeout`` and
+    SLURM send it. The workers used to die first (``DataLoader worker ... killed by signal``) and
+    no ``last.ckpt`` was written."""
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"
     log_path = tmp_path / "run.log"
     process = spawn_entry(
         "train",
         _train_overrides(
-            dataset_dir, run_dir, "model.total_kimg=5", "checkpoint.every_n_kimg=1", "logger=csv"
+            dataset_dir,
+            run_dir,
+            "model.total_kimg=5",
+            "checkpoint.every_n_kimg=1",
+            "logger=csv",
+            "data.loader.num_workers=2",
         ),
         log_path,
+        new_process_group=True,
     )
     metrics = run_dir / "csv" / "metrics.csv"
     try:
         # Periodic checkpoints are 1 kimg apart: the first logged steps appear long before one exists.
         wait_for(lambda: metrics.is_file() and metrics.stat().st_size > 200, process, 180, log_path)
         assert not last.exists()
-        process.send_signal(sig)
-        returncode = process.wait(timeout=120)
+        returncode, seconds = signal_group_and_wait(process, sig, timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
     output = log_path.read_text(errors="replace")
     assert returncode == 0, output[-3000:]
-    assert "Traceback" not in output
+    assert "Traceback" not in output and "killed by signal" not in output
     assert f"received {sig.name}" in output and "ckpt_path=last" in output
     figures["train_faults_injected_preemption_signal"] += 1
+    figures["train_preemption_signal_to_exit_s_max"] = max(
+        figures["train_preemption_signal_to_exit_s_max"], seconds
+    )
+    # One checkpoint: last.ckpt only (no periodic file written by the pre-emption save).
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
     state = _load(last)["stylegan2"]
     assert 0 < state["cur_nimg"] < 5000  # saved mid-run, at a step boundary
     assert state["cur_nimg"] % BATCH == 0
     assert not (run_dir / "generator.pt").exists()  # a pre-empted run is not exported as finished
 
 
-class _SendSignalAt(Callback):
-    """Sends ``sig`` to this very process after ``step`` minibatches (as a scheduler would)."""
+class _SignalAt(Callback):
+    """Sends ``sig`` to this process after ``step`` minibatches (as a scheduler would)."""
 
     def __init__(self, sig: signal.Signals, step: int) -> None:
         self.sig, self.step = sig, step
@@ -161,27 +178,91 @@ class _SendSignalAt(Callback):
             os.kill(os.getpid(), self.sig)
 
 
-def test_sigusr1_in_process_saves_at_the_next_step_and_restores_handlers(
-    dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, figures: dict[str, float]
+@pytest.fixture
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A SLURM job environment with an ``scontrol`` that records its arguments.
+
+    Also gives this test process its SIGTERM / SIGUSR1 handlers back afterwards: a pre-empted run
+    leaves its flag handlers in place (it is exiting), which a test process must not keep.
+    """
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol_calls.txt"
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    for key, value in {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "mammo-train",
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+    }.items():
+        monkeypatch.setenv(key, value)
+    yield calls
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+
+
+def test_sigusr1_under_slurm_saves_only_last_ckpt_runs_no_metrics_and_requeues(
+    dataset_dir: Path,
+    tmp_path: Path,
+    fake_slurm: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    figures: dict[str, float],
 ) -> None:
-    """SLURM's ``--signal=USR1@...`` warning: the checkpoint holds exactly the steps done so far."""
+    """SLURM's ``--signal=USR1@...`` warning (Lightning's requeue signal), in-process: the checkpoint
+    holds exactly the steps done so far, it is the only file written, no fidelity metric runs on
+    the way out, the job is requeued with ``scontrol``, and a later signal cannot kill the exiting run.
+
+    Before: the project's handler replaced Lightning's, so no requeue; the save wrote a periodic
+    checkpoint and last.ckpt, and the fidelity metrics ran first (final batch and train end).
+    """
     import mammo_anogan.train as train_module
 
     original = train_module.instantiate_callbacks
     monkeypatch.setattr(
         train_module,
         "instantiate_callbacks",
-        lambda cfg, run_dir: [_SendSignalAt(signal.SIGUSR1, 3), *original(cfg, run_dir)],
+        lambda cfg, run_dir: [_SignalAt(signal.SIGUSR1, 1), *original(cfg, run_dir)],
     )
-    overrides = [o for o in TINY_TRAIN if not o.startswith("trainer.log")]
-    overrides += [f"data.dataset_dir={dataset_dir}", f"+run_dir={tmp_path}", "~logger"]
-    overrides += ["model.total_kimg=1", "checkpoint.every_n_kimg=1"]
+    evaluations: list[int] = []
+    evaluate = FidelityCallback._evaluate_and_log
+    monkeypatch.setattr(
+        FidelityCallback,
+        "_evaluate_and_log",
+        lambda self, trainer, pl_module, inside_hook: (
+            evaluations.append(int(pl_module.cur_nimg)) or evaluate(self, trainer, pl_module, inside_hook)
+        ),
+    )
+    overrides = [o for o in TINY_TRAIN if not o.startswith(("callbacks", "trainer.log"))]
+    overrides += [f"data.dataset_dir={dataset_dir}", f"+run_dir={tmp_path / 'run'}", "~logger"]
+    overrides += ["model.total_kimg=1", "checkpoint.every_n_kimg=0.004", "callbacks.progress_bar=null"]
+    overrides += [
+        "callbacks.fidelity.metrics=[swd]",
+        "callbacks.fidelity.num_real=8",
+        "callbacks.best_fidelity=null",
+    ]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     before = signal.getsignal(signal.SIGUSR1)
     train(cfg)
     figures["train_faults_injected_preemption_signal"] += 1
-    state = _load(tmp_path / "checkpoints" / "last.ckpt")["stylegan2"]
-    assert state["num_iterations"] == 3 and state["cur_nimg"] == 3 * BATCH
-    assert signal.getsignal(signal.SIGUSR1) == before  # handlers are given back after training
-    assert not isinstance(getattr(signal.getsignal(signal.SIGTERM), "__self__", None), PreemptionCheckpoint)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    state = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["stylegan2"]
+    assert state["num_iterations"] == 1 and state["cur_nimg"] == BATCH
+    # Periodic checkpoints every 4 images: step 1 is a tick, and the step the signal arrived at. The
+    # pre-emption writes last.ckpt alone (it used to write the periodic file too, two full saves).
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"]
+    assert evaluations == []  # no fidelity metrics on the way out (every_kimg 100: only at the end)
+    assert len(list((tmp_path / "run" / "samples").glob("*.png"))) == 1  # the start grid only
+    assert fake_slurm.read_text().split() == ["requeue", "4242"]
+    # The process is exiting: the flag handlers stay, so the SIGTERM that SLURM sends to a requeued
+    # job cannot kill it with the default action while it flushes its loggers.
+    handler = signal.getsignal(signal.SIGUSR1)
+    assert handler != before and isinstance(getattr(handler, "__self__", None), PreemptionCheckpoint)
+    os.kill(os.getpid(), signal.SIGTERM)  # harmless now: only sets a flag on the finished run
