@@ -3,8 +3,8 @@
 Images are stored as 8-bit PNG rather than one big memory-mapped array because each worker can
 write its own files atomically as it goes (a killed run leaves whole files only, and a resumed run
 simply skips what is listed), the files are viewable with any tool, PNG is lossless, and the number
-of images need not be known in advance. Loading cost is paid once: the data module caches the
-decoded arrays in RAM.
+of images need not be known in advance. Loading cost is paid once: the data module decodes them
+into an in-RAM cache (small sets) or into the packed store (:mod:`mammo_anogan.data.store`).
 
 Rows are appended with :class:`AppendOnlyCsv` as results arrive (crash-safe), and when a run
 completes both CSVs are rewritten sorted by their key so that reruns are byte-identical whatever

@@ -25,7 +25,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
+
+from mammo_anogan.data.loader import MammoDataLoader
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ class ResumableShuffleSampler(DistributedSampler):
         return len(self.dataset) // self.num_replicas
 
 
-class ResumableDataLoader(DataLoader):
+class ResumableDataLoader(MammoDataLoader):
     """DataLoader over a :class:`ResumableShuffleSampler` whose position is saved in checkpoints.
 
     Lightning calls :meth:`state_dict` when it writes a checkpoint and :meth:`load_state_dict` before
