@@ -312,9 +312,17 @@ def _uptime() -> str:
 
 
 def run_splits_bench(rows: int) -> None:
-    """Time reading a manifest, computing and storing the splits for ``rows`` images."""
-    from mammo_anogan.data.manifest import MANIFEST_COLUMNS
+    """Time what ``prepare`` does per manifest row at ``rows / 4`` and ``rows`` rows: linear or not.
+
+    Splits (read the manifest, compute, compute + write, reuse), manifest handling (the resume's set
+    of finished sources, the final sorted rewrite) and salted hashing of the sources, with the peak
+    traced Python memory of the manifest handling.
+    """
+    import tracemalloc
+
+    from mammo_anogan.data.manifest import MANIFEST_COLUMNS, DatasetWriter
     from mammo_anogan.data.splits import compute_splits, ensure_splits, read_manifest
+    from mammo_anogan.utils.hashing import salted_hash
     from mammo_anogan.utils.io import atomic_write_csv
 
     print(f"# uptime: {_uptime()}")
@@ -326,8 +334,12 @@ def run_splits_bench(rows: int) -> None:
             {
                 "image_id": f"{i:016x}",
                 "patient_id": f"p{p:015x}",
+                "source": f"{(i * 7919) % n:016x}",
                 "label": label,
                 "image_path": f"images/{i:016x}.png",
+                "mask_path": f"masks/{i:016x}.png",
+                "window_center": "2047.50",
+                "raw_height": "4096",
             }
             for i, (p, label) in enumerate(zip(patients, labels))
         ]
@@ -342,10 +354,25 @@ def run_splits_bench(rows: int) -> None:
             t3 = time.perf_counter()
             ensure_splits(tmp)
             t4 = time.perf_counter()
+            tracemalloc.start()
+            writer = DatasetWriter(Path(tmp))
+            writer.done_sources()
+            done_mb = tracemalloc.get_traced_memory()[1] / 1e6
+            tracemalloc.reset_peak()
+            t5 = time.perf_counter()
+            writer.finalise()
+            t6 = time.perf_counter()
+            final_mb = tracemalloc.get_traced_memory()[1] / 1e6
+            tracemalloc.stop()
+            t7 = time.perf_counter()
+            for i in range(n):
+                salted_hash(f"source:patient-{i}/film.dcm", "0123456789abcdef")
+            t8 = time.perf_counter()
         print(
             f"rows={n}: read manifest {t1 - t0:.2f} s, compute splits {t2 - t1:.2f} s, "
-            f"ensure_splits (compute + write) {t3 - t2:.2f} s, ensure_splits (reuse) {t4 - t3:.2f} s; "
-            f"load {os.getloadavg()[0]:.2f}"
+            f"ensure_splits (compute + write) {t3 - t2:.2f} s, (reuse) {t4 - t3:.2f} s; "
+            f"resume's finished sources {done_mb:.0f} MB traced, final sorted rewrite {t6 - t5:.2f} s "
+            f"({final_mb:.0f} MB traced); {n} salted hashes {t8 - t7:.2f} s; load {os.getloadavg()[0]:.2f}"
         )
 
 

@@ -328,10 +328,10 @@ def ensure_store(
         with _exclusive(path.with_suffix(".lock")):
             store = open_store(dataset_dir, resolution, len(manifest), resize)  # built while we waited?
             return store if store is not None else build_store(dataset_dir, manifest, resolution, resize)
-    except PermissionError as err:
+    except OSError as err:  # read-only dataset folder, disk full, ...
         raise UserError(
-            f"cannot write the packed store into {path.parent} ({err.strerror}): prepare the dataset "
-            "where it can be written, or set data.loader.store=ram"
+            f"cannot write the packed store into {path.parent} ({err.strerror or type(err).__name__}): "
+            "prepare the dataset where it can be written (and has room for it), or set data.loader.store=ram"
         ) from err
 
 
