@@ -6,6 +6,7 @@ A 2,000-film dataset at 32 px is built once for the module; every test reads it,
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import pickle
@@ -164,6 +165,11 @@ def test_stale_or_damaged_store_is_rebuilt(small: Path, caplog: pytest.LogCaptur
     assert dm.store is not None and dm.store.path.stat().st_size == np.load(path, mmap_mode="r").nbytes + (
         dm.store.offset
     )
+    path.with_suffix(".json").write_text("{not json")
+    dm = _module(small, "packed")
+    assert dm.store is not None and len(dm.store) == len(manifest) - 1
+    assert "cannot read" in caplog.text and "rebuilding the packed store" in caplog.text
+    assert json.loads(path.with_suffix(".json").read_text())["kind"] == "store"
 
 
 def test_resized_store_needs_resize(small: Path) -> None:

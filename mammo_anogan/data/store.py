@@ -272,7 +272,11 @@ def open_store(
     false (``data.loader.resize=true`` is needed to train on films prepared at another resolution).
     """
     path = store_path(dataset_dir, resolution)
-    recorded = read_sidecar(path.parent, _sidecar_name(resolution)) if path.is_file() else None
+    try:
+        recorded = read_sidecar(path.parent, _sidecar_name(resolution)) if path.is_file() else None
+    except UserError as err:  # a damaged fingerprint file: the store is a cache, rebuild it
+        log.warning("%s: rebuilding the packed store", err)
+        return None
     if recorded is None:
         return None
     resized = bool(recorded.values.get("store.resized", False))
