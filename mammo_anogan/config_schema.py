@@ -31,6 +31,7 @@ PIXEL_NORMS = ("l1", "l2")
 PRECISIONS = ("bf16", "fp32")
 ON_NONFINITE = ("stop", "skip")
 READERS = ("dicom", "mias", "folder", "synthetic")
+STORE_MODES = ("auto", "ram", "packed")  # data.loader.store (mammo_anogan.data.store)
 
 
 @dataclass
@@ -44,6 +45,8 @@ class SplitSchema:
 class LoaderSchema:
     batch_size: int = 8
     num_workers: int = 0
+    store: str = "auto"
+    ram_limit_mb: float = 256.0
 
 
 @dataclass
@@ -181,6 +184,8 @@ def validate_data(cfg: DictConfig) -> DictConfig:
         )
     _at_least("data.loader.batch_size", data.loader.batch_size, 1)
     _at_least("data.loader.num_workers", data.loader.num_workers, 0)
+    _choice("data.loader.store", data.loader.store, STORE_MODES)
+    _at_least("data.loader.ram_limit_mb", data.loader.ram_limit_mb, 0)
     return data
 
 

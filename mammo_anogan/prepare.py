@@ -6,7 +6,9 @@
 Reads a DICOM folder, mini-MIAS, a folder + labels CSV, or generated synthetic DICOMs; windows,
 orients, pads, resizes and masks every film in parallel worker processes; writes PNGs and one
 manifest row per kept image (``rejected.csv`` gets one row, with its reason, per input not kept);
-then fixes the patient-level splits. Layout: docs/interfaces.md ("Prepared dataset directory").
+then fixes the patient-level splits and, for a set too large for the in-RAM cache, writes the
+packed store the data module reads (:mod:`mammo_anogan.data.store`). Layout: docs/interfaces.md
+("Prepared dataset directory").
 
 Robustness: a bad file never stops the run; a killed run resumes where it stopped (inputs are
 identified by their salted, hashed relative path); no raw path or header identifier is written to
@@ -51,6 +53,7 @@ from mammo_anogan.data.readers import (
     load_item,
     silence_decoder_logs,
 )
+from mammo_anogan.data.store import STORE_DIR, prepare_store
 from mammo_anogan.run_state import check_prepare_resume, dataset_fingerprint
 from mammo_anogan.utils.errors import ConfigError, UserError, exit_on_user_error
 from mammo_anogan.utils.fingerprint import SIDECAR_NAME, write_sidecar
@@ -285,7 +288,7 @@ def _clear_outputs(out_dir: Path) -> None:
         "splits.json",
     ):
         (out_dir / name).unlink(missing_ok=True)
-    for folder in OUTPUT_FOLDERS:
+    for folder in (*OUTPUT_FOLDERS, STORE_DIR):
         shutil.rmtree(out_dir / folder, ignore_errors=True)
 
 
@@ -400,6 +403,7 @@ def prepare_dataset(cfg: DictConfig) -> PrepareResult:
         seed=int(split.get("seed", 0)),
         test_ids=split.get("test_ids"),
     )
+    prepare_store(out_dir, cfg.data)  # the packed store, when data.loader.store would use it
     return PrepareResult(out_dir, len(pending), skipped, len(kept), len(rejected), summary)
 
 

@@ -11,6 +11,7 @@ checkpoint             ``training``: ``"fingerprint"`` in the file  train (``ckp
 generator.pt / D.pt    ``training`` + ``cur_nimg``: in the file     score (G and D from one moment)
 scores.csv + maps/     ``scores``: ``<run dir>/fingerprint.json``   score (resume)
 threshold.json         ``threshold``: ``"fingerprint"`` in the JSON  score (``score.threshold_from``)
+packed store           ``store``: ``<dataset>/store/<R>px.json``     data module (stale: rebuilt, not refused)
 =====================  ==========================================  ===================================
 
 Everything not listed in a fingerprint may change when the artifact is reused (docs/reliability.md,

@@ -345,7 +345,7 @@ def run_score(
         save_sanitised_config(cfg, run_dir, dataset_salt(cfg.data.dataset_dir))
     seed_everything(int(cfg.seed), verbose=False)
     datamodule = MammoDataModule.from_config(cfg.data)
-    datamodule.setup()
+    datamodule.setup("predict")  # val + test only; read from the packed store when there is one
 
     module = ProjectionModule(
         generator, loss_fn, settings, str(cfg.score.method), float(cfg.score.topk_percent)

@@ -1,16 +1,21 @@
 """LightningDataModule over a prepared dataset (see docs/interfaces.md, "Data module").
 
-``setup()`` ensures the patient-level splits, then decodes every PNG once into an in-RAM uint8
-cache (see :mod:`mammo_anogan.data.dataset` for why). A resize to ``resolution`` (longest side,
-then zero padding on the right/bottom so the chest wall stays on the left) is done once at cache
-time, never per batch, and only when asked for (``resize=True``): silently training at another
-resolution than the one prepared is a mistake worth an error. Augmentation (off by default) is
-mild and anatomy-preserving: small scale/shift/rotation and a gamma change that keeps the black
-background black; no horizontal flip, since every prepared film has its chest wall on the left.
+``setup()`` ensures the patient-level splits, then chooses where the decoded uint8 pixels live
+(:func:`mammo_anogan.data.store.choose_storage`, one log line saying why): an in-RAM cache per
+process for small sets (at most ``data.loader.ram_limit_mb``), else the packed store, one file per
+dataset read with random access and shared by every process through the page cache, so that memory
+does not grow with the number of films (:mod:`mammo_anogan.data.store`). Either way each film is
+decoded once, not per batch, and both give the same batches. A resize to ``resolution`` (longest
+side, then zero padding on the right/bottom so the chest wall stays on the left) is done at that one
+decode, and only when asked for (``resize=True``): silently training at another resolution than the
+one prepared is a mistake worth an error. Augmentation (off by default) is mild and
+anatomy-preserving: small scale/shift/rotation and a gamma change that keeps the black background
+black; no horizontal flip, since every prepared film has its chest wall on the left.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,30 +29,36 @@ import torch
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, get_worker_info
 
-from mammo_anogan.data.dataset import CachedMammoDataset, collate_batches, decode_all, to_unit_range
+from mammo_anogan.data.dataset import (
+    CachedMammoDataset,
+    MammoDataset,
+    PackedMammoDataset,
+    collate_batches,
+    decode_films,
+    resize_transform,
+    to_unit_range,
+)
+from mammo_anogan.data.loader import MammoDataLoader
 from mammo_anogan.data.sampler import ResumableDataLoader, ResumableShuffleSampler
 from mammo_anogan.data.splits import SPLIT_NAMES, ensure_splits, read_manifest
+from mammo_anogan.data.store import (
+    DEFAULT_RAM_LIMIT_MB,
+    PackedStore,
+    StorageChoice,
+    choose_storage,
+    ensure_store,
+    open_store,
+)
 from mammo_anogan.utils.errors import UserError
 from mammo_anogan.utils.signals import PreemptionSafeLoader
 
+log = logging.getLogger(__name__)
+
 PREPARE_HINT = "run `python -m mammo_anogan.prepare data=...` first (same data.* settings)"
+#: The splits ``setup(stage)`` loads; a split not loaded yet is loaded when first asked for.
+STAGE_SPLITS = {"fit": ("train",), "validate": ("val",), "test": ("test",), "predict": ("val", "test")}
 
-
-def resize_transform(resolution: int) -> A.Compose:
-    """Longest side to ``resolution`` (area filter when shrinking), then zero-pad right/bottom."""
-    return A.Compose(
-        [
-            A.LongestMaxSize(max_size=resolution, interpolation=cv2.INTER_LINEAR, area_for_downscale="image"),
-            A.PadIfNeeded(
-                min_height=resolution,
-                min_width=resolution,
-                position="top_left",
-                border_mode=cv2.BORDER_CONSTANT,
-                fill=0,
-                fill_mask=0,
-            ),
-        ]
-    )
+__all__ = ["STAGE_SPLITS", "MammoDataModule", "augment_transform", "resize_transform"]
 
 
 def augment_transform(seed: int) -> A.Compose:
@@ -77,7 +88,7 @@ def _seed_worker(worker_id: int) -> None:
 
 
 class MammoDataModule(LightningDataModule):
-    """Train (normals only) / val / test loaders of a prepared dataset, cached in RAM."""
+    """Train (normals only) / val / test loaders of a prepared dataset, from RAM or a packed store."""
 
     def __init__(
         self,
@@ -93,6 +104,8 @@ class MammoDataModule(LightningDataModule):
         split_seed: int = 0,
         test_ids: str | os.PathLike[str] | Sequence[str] | None = None,
         resize: bool = False,
+        store: str = "auto",
+        ram_limit_mb: float = DEFAULT_RAM_LIMIT_MB,
     ) -> None:
         super().__init__()
         if int(batch_size) < 1:
@@ -115,8 +128,14 @@ class MammoDataModule(LightningDataModule):
             test_ids if test_ids is None or isinstance(test_ids, (str, os.PathLike)) else list(test_ids)
         )
         self.resize = bool(resize)
+        self.store_mode = str(store)
+        self.ram_limit_mb = float(ram_limit_mb)
+        choose_storage(0, self.resolution, self.store_mode, self.ram_limit_mb)  # validates both now
         self.splits: pd.DataFrame | None = None
-        self._datasets: dict[str, CachedMammoDataset] = {}
+        self.storage: StorageChoice | None = None  # decided by setup()
+        self.store: PackedStore | None = None  # the packed store, when storage.kind == "packed"
+        self._index: pd.DataFrame | None = None  # per manifest row: id, label, split (+ paths for RAM)
+        self._datasets: dict[str, MammoDataset] = {}
         self.shuffle_seed = 0  # drawn in setup() from torch's RNG, so it follows seed_everything
 
     @classmethod
@@ -140,13 +159,24 @@ class MammoDataModule(LightningDataModule):
             split_seed=split.get("seed", 0),
             test_ids=test_ids,
             resize=loader.get("resize", False),
+            store=loader.get("store", "auto"),
+            ram_limit_mb=loader.get("ram_limit_mb", DEFAULT_RAM_LIMIT_MB),
         )
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str | None = None) -> None:
-        """Ensure splits and fill the cache (idempotent: the PNGs are decoded once)."""
-        if self._datasets:
-            return
+        """Ensure splits, choose the pixel source and load the splits of ``stage`` (idempotent).
+
+        ``stage``: ``fit`` loads train, ``validate`` val, ``test`` test, ``predict`` val and test,
+        ``None`` every split. With the packed store a split costs no decoding (the store is built
+        once, here, when it is missing or stale); with the in-RAM cache its films are decoded now.
+        """
+        if self.storage is None:
+            self._prepare()
+        for name in SPLIT_NAMES if stage is None else STAGE_SPLITS.get(str(stage), SPLIT_NAMES):
+            self._load_split(name)
+
+    def _prepare(self) -> None:
         if not self.dataset_dir.is_dir() or not (self.dataset_dir / "manifest.csv").is_file():
             raise UserError(f"no prepared dataset at {self.dataset_dir}: {PREPARE_HINT}")
         manifest = read_manifest(self.dataset_dir)
@@ -158,67 +188,56 @@ class MammoDataModule(LightningDataModule):
         self.splits = ensure_splits(
             self.dataset_dir, self.val_fraction, self.test_fraction, self.split_seed, self.test_ids
         )
-        manifest = manifest.merge(self.splits[["image_id", "split"]], on="image_id", how="left")
-        images, masks, lesions = self._load_arrays(manifest)
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # follows torch's seed (seed_everything)
-        self.shuffle_seed = seed
-        for name in SPLIT_NAMES:
-            rows = np.flatnonzero((manifest["split"] == name).to_numpy())
-            self._datasets[name] = CachedMammoDataset(
-                images[rows],
-                masks[rows],
-                lesions[rows],
-                manifest["label"].iloc[rows].tolist(),
-                manifest["image_id"].iloc[rows].tolist(),
-                augment=augment_transform(seed) if (self.augment and name == "train") else None,
-            )
+        columns = ["image_id", "label", "image_path", "mask_path"]
+        columns += ["lesion_mask_path"] if "lesion_mask_path" in manifest.columns else []
+        index = manifest[columns].merge(self.splits[["image_id", "split"]], on="image_id", how="left")
+        storage = choose_storage(len(index), self.resolution, self.store_mode, self.ram_limit_mb)
+        log.info("data: %s", storage.reason)
+        if storage.kind == "packed":
+            self.store = ensure_store(self.dataset_dir, index, self.resolution, self.resize)
+            index = index[["image_id", "label", "split"]]  # the paths are not needed any more
+        self._index = index
+        self.storage = storage
+        self.shuffle_seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # follows seed_everything
 
-    def _load_arrays(self, manifest: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Decode image, breast mask and lesion mask PNGs into three uint8 arrays ``[N, R, R]``."""
-        root = self.dataset_dir
-        lesion_column = manifest.get("lesion_mask_path", pd.Series([""] * len(manifest)))
-        images = decode_all([root / p for p in manifest["image_path"]])
-        masks = decode_all([root / p for p in manifest["mask_path"]])
-        lesions = decode_all([root / p if p else None for p in lesion_column])
-        shapes = {image.shape for image in images}
-        target = (self.resolution, self.resolution)
-        if shapes - {target} and not self.resize:
-            found = ", ".join(f"{h}x{w}" for h, w in sorted(shapes))
-            raise UserError(
-                f"prepared images in {root} are {found} but data.resolution={self.resolution}: "
-                f"prepare again with data.resolution={self.resolution}, or set data.loader.resize=true"
-            )
-        for i, (image, mask, lesion) in enumerate(zip(images, masks, lesions)):
-            if mask.shape != image.shape or (lesion is not None and lesion.shape != image.shape):
-                raise UserError(f"mask size differs from image size for image {manifest['image_id'].iloc[i]}")
-        lesions = [
-            np.zeros_like(image) if lesion is None else lesion for image, lesion in zip(images, lesions)
-        ]
-        if not shapes - {target}:
-            return np.stack(images), np.stack(masks), np.stack(lesions)
-        transform = resize_transform(self.resolution)
-        resized = [transform(image=im, masks=[m, les]) for im, m, les in zip(images, masks, lesions)]
-        return (
-            np.stack([r["image"] for r in resized]),
-            np.stack([r["masks"][0] for r in resized]),
-            np.stack([r["masks"][1] for r in resized]),
-        )
+    def _load_split(self, name: str) -> None:
+        """Build the Dataset of split ``name`` (decoding its films when they are cached in RAM)."""
+        if name in self._datasets:
+            return
+        assert self._index is not None
+        rows = np.flatnonzero((self._index["split"] == name).to_numpy())
+        part = self._index.iloc[rows]
+        labels, ids = part["label"].tolist(), part["image_id"].tolist()
+        augment = augment_transform(self.shuffle_seed) if (self.augment and name == "train") else None
+        if self.store is not None:
+            self._datasets[name] = PackedMammoDataset(self.store, rows, labels, ids, augment=augment)
+            return
+        stored = open_store(self.dataset_dir, self.resolution, len(self._index), self.resize)
+        if stored is not None:  # built earlier (by prepare, or a run with the packed store): no decoding
+            images, masks, lesions = stored.read_films(rows)
+            films = (images.numpy(), masks.numpy(), lesions.numpy())
+        else:
+            decoded = decode_films(self.dataset_dir, part, self.resolution, self.resize)
+            films = (decoded.images, decoded.masks, decoded.lesions)
+        self._datasets[name] = CachedMammoDataset(*films, labels, ids, augment=augment)
 
     # ------------------------------------------------------------ access
-    def dataset(self, split: str) -> CachedMammoDataset:
-        """The Dataset of one split (``train``, ``val`` or ``test``)."""
+    def dataset(self, split: str) -> MammoDataset:
+        """The Dataset of one split (``train``, ``val`` or ``test``), loaded on first use."""
         if split not in SPLIT_NAMES:
             raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_NAMES)}")
-        self.setup()
+        if self.storage is None:
+            self._prepare()
+        self._load_split(split)
         return self._datasets[split]
 
     def real_images(self, split: str = "train", max_images: int | None = None) -> torch.Tensor:
         """The first ``max_images`` images of a split, un-augmented, ``[N, 1, R, R]`` in ``[-1, 1]``."""
-        images = self.dataset(split).images
-        if max_images is not None:
-            images = images[: max(0, int(max_images))]
-        if len(images) == 0:
+        dataset = self.dataset(split)
+        count = len(dataset) if max_images is None else min(len(dataset), max(0, int(max_images)))
+        if count == 0:
             raise UserError(f"the {split} split of {self.dataset_dir} has no images")
+        images, _, _ = dataset.read(np.arange(count))
         return to_unit_range(images.unsqueeze(1))
 
     def loader_options(self) -> dict[str, Any]:
@@ -236,7 +255,7 @@ class MammoDataModule(LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         """An evaluation loader: fixed order, every image once."""
-        return PreemptionSafeLoader(
+        return MammoDataLoader(
             self.dataset(split), batch_size=self.batch_size, shuffle=False, **self._loader_options()
         )
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from mammo_anogan.utils.signals import PreemptionSafeLoader
+from mammo_anogan.data.loader import MammoDataLoader
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class ResumableShuffleSampler(DistributedSampler):
         return len(self.dataset) // self.num_replicas
 
 
-class ResumableDataLoader(PreemptionSafeLoader):
+class ResumableDataLoader(MammoDataLoader):
     """DataLoader over a :class:`ResumableShuffleSampler` whose position is saved in checkpoints.
 
     Lightning calls :meth:`state_dict` when it writes a checkpoint and :meth:`load_state_dict` before
