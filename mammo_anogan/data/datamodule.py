@@ -50,7 +50,6 @@ from mammo_anogan.data.store import (
     open_store,
 )
 from mammo_anogan.utils.errors import UserError
-from mammo_anogan.utils.signals import PreemptionSafeLoader
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from mammo_anogan.data.dataset import Batch, MammoDataset
 from mammo_anogan.utils.signals import PreemptionSafeLoader
