@@ -298,9 +298,15 @@ def read_image_file(path: Path, max_pixels: int) -> np.ndarray:
 def silence_decoder_logs() -> None:
     """Turn OpenCV's own decoder log lines off: each failure already becomes a rejection reason.
 
-    Without this, a folder of broken files floods the terminal with ``imdecode_`` errors.
+    Without this, a folder of broken files floods the terminal with ``imdecode_`` errors. OpenCV builds
+    without the ``cv2.utils.logging`` binding (4.11, which albumentations 1.4 installs) read
+    ``OPENCV_LOG_LEVEL`` instead, which worker processes started afterwards inherit.
     """
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    logging_api = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging_api is not None:
+        logging_api.setLogLevel(logging_api.LOG_LEVEL_SILENT)
+    else:
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
 
 
 def _raw_from_image(pixels: np.ndarray) -> RawImage:
