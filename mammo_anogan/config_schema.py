@@ -31,6 +31,7 @@ PIXEL_NORMS = ("l1", "l2")
 PRECISIONS = ("bf16", "fp32")
 ON_NONFINITE = ("stop", "skip")
 READERS = ("dicom", "mias", "folder", "synthetic")
+LABELS = ("normal", "benign", "malignant", "unknown")
 
 
 @dataclass
@@ -51,6 +52,7 @@ class DataSchema:
     name: str = MISSING_VALUE
     reader: str = MISSING_VALUE
     source: Any = None  # a path, or "???" while unset
+    label: Any = None  # data.label: the label of films without one (None: leave them unknown)
     dataset_dir: str = MISSING_VALUE
     views: list[str] = field(default_factory=lambda: ["CC"])
     resolution: int = 512
@@ -171,6 +173,8 @@ def validate_data(cfg: DictConfig) -> DictConfig:
     data = _typed(cfg, "data", DataSchema)
     _choice("data.reader", data.reader, READERS)
     _choice("data.resolution", data.resolution, RESOLUTIONS)
+    if data.label is not None:
+        _choice("data.label", str(data.label).strip().lower(), LABELS)
     _fraction("data.split.val_fraction", data.split.val_fraction)
     _fraction("data.split.test_fraction", data.split.test_fraction)
     total = data.split.val_fraction + data.split.test_fraction

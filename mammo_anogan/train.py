@@ -30,6 +30,8 @@ from pytorch_lightning.strategies import DDPStrategy
 
 import mammo_anogan.utils.config  # noqa: F401  (registers the resolvers before Hydra composes)
 from mammo_anogan.config_schema import validate_train_config
+from mammo_anogan.data.splits import describe_fingerprint
+from mammo_anogan.training.devices import Hardware, fit_trainer_to_hardware
 from mammo_anogan.training.nonfinite import check_finite_weights
 from mammo_anogan.training.preemption import PreemptionCheckpoint
 from mammo_anogan.utils.errors import ConfigError, UserError, exit_on_user_error
@@ -197,6 +199,13 @@ def ensure_prepared_dataset(cfg: DictConfig) -> Path:
     return dataset_dir
 
 
+def log_split(record: dict[str, Any]) -> None:
+    """Log the split's fingerprint (comparable across machines and labs) from ``splits.json``."""
+    fingerprint = record.get("fingerprint")
+    if isinstance(fingerprint, dict):
+        log.info("%s", describe_fingerprint(fingerprint, record.get("scheme")))
+
+
 def resolve_precision(trainer_cfg: DictConfig) -> str:
     """``auto`` -> ``bf16-mixed`` on a bf16-capable GPU, else ``32-true``; fp32 always on CPU."""
     precision = str(trainer_cfg.get("precision", "auto"))
@@ -254,10 +263,22 @@ def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
     return str(path)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
-    """The Lightning Trainer: kimg-scheduled, atomic checkpoints, epochs/steps unbounded."""
+def fit_trainer(cfg: DictConfig, hardware: Hardware | None = None) -> dict[str, Any]:
+    """:func:`fit_trainer_to_hardware` for ``cfg.trainer`` (errors before any data work)."""
+    batch_size = OmegaConf.select(cfg, "data.loader.batch_size", default=None)
+    return fit_trainer_to_hardware(cfg.trainer, hardware, batch_size=batch_size, task="train")
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, fitted: dict[str, Any] | None = None) -> pl.Trainer:
+    """The Lightning Trainer: kimg-scheduled, atomic checkpoints, epochs/steps unbounded.
+
+    The ``trainer`` block is first fitted to the machine (:func:`fit_trainer_to_hardware`): a GPU
+    preset on a CPU machine is one line naming ``trainer=cpu``, more GPUs than visible are capped
+    with a warning, and plain DDP is refused with the spelling that works.
+    """
     trainer_cfg = cfg.trainer
     overrides = {
+        **(fit_trainer(cfg) if fitted is None else fitted),
         "precision": resolve_precision(trainer_cfg),
         "max_epochs": -1,
         "max_steps": -1,  # training length is model.total_kimg (checked by the module every step)
@@ -287,19 +308,26 @@ def optimized_metric_value(cfg: DictConfig, trainer: pl.Trainer) -> float | None
 def train(cfg: DictConfig) -> float | None:
     """Train from a composed config; returns the ``optimized_metric`` value when one is set."""
     from mammo_anogan.data.datamodule import MammoDataModule
+    from mammo_anogan.data.splits import empty_train_reason
+    from mammo_anogan.prepare import ensure_dataset_split
 
     validate_train_config(cfg)  # one-line ConfigError before any data or device work
+    fitted = fit_trainer(cfg)  # the preset on this machine: capped devices, or one line naming the fix
     run_dir = run_dir_of(cfg)
     pl.seed_everything(int(cfg.get("seed", 0)), workers=True)
     dataset_dir = ensure_prepared_dataset(cfg)
+    log_split(ensure_dataset_split(cfg.data, dataset_dir))  # salt-independent; fingerprint printed
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # before any rank writes a checkpoint
         remove_stale_temp_files(run_dir / CHECKPOINT_DIR)  # left by a kill during an atomic save
         save_sanitised_config(cfg, run_dir, dataset_salt(dataset_dir))  # no raw data.source
     datamodule = MammoDataModule.from_config(cfg.data)
     datamodule.setup("fit")
     num_train_images = len(datamodule.dataset("train"))
+    if num_train_images == 0:
+        assert datamodule.splits is not None
+        raise UserError(empty_train_reason(datamodule.splits, dataset_dir))
     model = hydra.utils.instantiate(cfg.model, num_train_images=num_train_images, _convert_="all")
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, fitted)
     ckpt_path = resolve_ckpt_path(cfg, run_dir)
     log.info(
         "training on %d normal images at %dpx for %.1f kimg (ADA %s)",

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from mammo_anogan.data.dicom_io import load_dicom, normalise_view
+from mammo_anogan.data.dicom_io import dicom_patient_key, load_dicom, normalise_view, read_header
 from mammo_anogan.data.preprocess import (
     LATERALITY_UNKNOWN,
     RawImage,
@@ -93,6 +93,25 @@ def normalise_label(value: str) -> str:
     if text not in LABELS:
         raise RejectedInput(f"label '{value[:20]}' not in normal/benign/malignant/unknown")
     return text
+
+
+def apply_default_label(items: Iterator[InputItem], label: str | None) -> Iterator[InputItem]:
+    """``data.label``: give ``label`` to every listed film that has none (``unknown``).
+
+    For the common case of a folder of normal screening exams without a labels CSV. Films labelled
+    by a labels CSV or the reader (mini-MIAS ``Info.txt``) keep their label; ``None`` changes nothing.
+    """
+    if label is None or str(label).strip() == "":
+        yield from items
+        return
+    try:
+        default = normalise_label(str(label))
+    except RejectedInput:
+        raise UserError(f"data.label={label!r} is not allowed; use one of {', '.join(LABELS)}") from None
+    for item in items:
+        if item.label == "unknown" and item.reject_reason is None:
+            item.label = default
+        yield item
 
 
 def _kind_of(path: Path) -> str:
@@ -297,6 +316,24 @@ def _raw_from_image(pixels: np.ndarray) -> RawImage:
     return RawImage(pixels, domain)
 
 
+def fallback_patient_key(item: InputItem) -> str:
+    """No patient id in the CSV or header: one folder per patient is the common layout."""
+    parent = Path(item.relpath).parent.as_posix()
+    return f"folder:{parent}" if parent != "." else f"file:{item.relpath}"
+
+
+def raw_patient_key(item: InputItem) -> str:
+    """The raw patient key :func:`load_item` gives ``item``, reading only the DICOM header if needed.
+
+    Used to re-derive the key of films prepared earlier (a resumed prepare, a new split). It is a raw
+    identifier: hash it, never write it. Raises :class:`RejectedInput` when the header is unreadable.
+    """
+    key = item.patient_key
+    if key is None and item.kind == "dicom":
+        key = dicom_patient_key(read_header(Path(item.path)))
+    return key or fallback_patient_key(item)
+
+
 def load_item(
     item: InputItem, modalities: list[str], max_pixels: int, views: list[str] | None
 ) -> LoadedInput:
@@ -319,9 +356,7 @@ def load_item(
         raw.view = item.view
     if views is not None and raw.view not in views:
         raise RejectedInput(f"view {raw.view} not in [{', '.join(views)}]")
-    if patient_key is None:  # no PatientID: one folder per patient is the common layout
-        parent = Path(item.relpath).parent.as_posix()
-        patient_key = f"folder:{parent}" if parent != "." else f"file:{item.relpath}"
+    patient_key = patient_key or fallback_patient_key(item)
     circles = None
     if item.lesion_circles:
         circles = np.asarray(item.lesion_circles, dtype=np.float64)
