@@ -343,14 +343,15 @@ def render_report(report: Report) -> str:
         lines.append("  none visible: GPU presets need trainer=cpu here (slow beyond small resolutions)")
     for gpu in report.gpus:
         lines.append(
-            f"  cuda:{gpu['index']} {gpu['name']}, {gpu['memory_gib']:.1f} GiB, capability {gpu['capability']}"
+            f"  cuda:{gpu['index']} {gpu['name']}, {gpu['memory_gib']:.1f} GiB, "
+            f"capability {gpu['capability']}"
         )
     lines.append("== presets (+experiment=NAME; memory is a rough estimate per device)")
     for preset in report.presets:
         mark = "fits" if preset.fits else "DOES NOT FIT"
         lines.append(
-            f"  {preset.name}: {mark} - {preset.verdict}; {preset.resolution} px, batch {preset.batch_size} per "
-            f"device, {preset.params_m:.1f} M parameters, ~{preset.memory_gib:.1f} GiB, "
+            f"  {preset.name}: {mark} - {preset.verdict}; {preset.resolution} px, "
+            f"batch {preset.batch_size} per device, {preset.params_m:.1f} M parameters, ~{preset.memory_gib:.1f} GiB, "
             f"last.ckpt ~{preset.checkpoint_mib:.0f} MiB"
         )
     lines.append("== weights for offline use (torch hub checkpoints folder)")
@@ -363,8 +364,8 @@ def render_report(report: Report) -> str:
     disk = report.disk
     lines.append("== disk")
     lines.append(
-        f"  {disk['output_dir']}: {disk['free_gib']:.1f} GiB free of {disk['total_gib']:.1f} GiB; the largest "
-        f"preset writes ~{disk['largest_checkpoint_mib']:.0f} MiB per checkpoint, "
+        f"  {disk['output_dir']}: {disk['free_gib']:.1f} GiB free of {disk['total_gib']:.1f} GiB; "
+        f"the largest preset writes ~{disk['largest_checkpoint_mib']:.0f} MiB per checkpoint, "
         f"~{disk['per_run_gib']:.1f} GiB per run ({CHECKPOINTS_PER_RUN} kept)"
     )
     lines.append("== prepared datasets")
