@@ -351,8 +351,8 @@ def render_report(report: Report) -> str:
         mark = "fits" if preset.fits else "DOES NOT FIT"
         lines.append(
             f"  {preset.name}: {mark} - {preset.verdict}; {preset.resolution} px, "
-            f"batch {preset.batch_size} per device, {preset.params_m:.1f} M parameters, ~{preset.memory_gib:.1f} GiB, "
-            f"last.ckpt ~{preset.checkpoint_mib:.0f} MiB"
+            f"batch {preset.batch_size} per device, {preset.params_m:.1f} M parameters, "
+            f"~{preset.memory_gib:.1f} GiB, last.ckpt ~{preset.checkpoint_mib:.0f} MiB"
         )
     lines.append("== weights for offline use (torch hub checkpoints folder)")
     for weights in report.weights:
