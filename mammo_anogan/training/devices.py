@@ -116,9 +116,9 @@ def fit_trainer_to_hardware(
             batch,
         )
         overrides["devices"] = devices = capped
-        if capped == 1 and strategy == GRADIENT_SYNC_STRATEGY:
-            overrides["strategy"] = strategy = "auto"  # one process: no DDP at all
     processes = devices * nodes
+    if processes == 1 and strategy == GRADIENT_SYNC_STRATEGY:
+        overrides["strategy"] = strategy = "auto"  # one process: no process group at all
     if task == "train" and processes > 1 and strategy != GRADIENT_SYNC_STRATEGY:
         where = "" if on_gpu else " trainer.accelerator=cpu"
         raise ConfigError(
