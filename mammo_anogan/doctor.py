@@ -17,6 +17,7 @@ the regularisers' double backward; it is meant to tell 4 GiB from 40 GiB, not to
 
 from __future__ import annotations
 
+import logging
 import platform
 import shutil
 import sys
@@ -201,7 +202,13 @@ def preset_report(
     accelerator = str(trainer.get("accelerator", "auto"))
     fits, verdict = True, ""
     try:
-        fitted = fit_trainer_to_hardware(trainer, hardware, task="train")
+        devices_log = logging.getLogger("mammo_anogan.training.devices")
+        level = devices_log.level
+        devices_log.setLevel(logging.ERROR)  # the capping warning is the verdict here
+        try:
+            fitted = fit_trainer_to_hardware(trainer, hardware, task="train")
+        finally:
+            devices_log.setLevel(level)
     except UserError as err:
         fits, verdict = False, str(err)
         on_gpu = accelerator in ("gpu", "cuda")

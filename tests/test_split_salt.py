@@ -108,7 +108,9 @@ def test_train_time_resplit_reads_the_raw_folder_and_stays_salt_independent(
     assert first["split"].tolist() != before["split"].tolist()  # seed 7 is another split
 
 
-def test_resplit_without_the_raw_folder_names_both_ways_out(two_salts: dict[str, Path], tmp_path: Path) -> None:
+def test_resplit_without_the_raw_folder_names_both_ways_out(
+    two_salts: dict[str, Path], tmp_path: Path
+) -> None:
     dataset = _copy(two_salts["ds1"], tmp_path, "ds")
     cfg = _prepare_cfg(tmp_path / "gone", dataset, 1, "data.split.seed=7")
     with pytest.raises(UserError) as caught:
@@ -147,7 +149,9 @@ def test_a_legacy_split_is_kept_with_a_one_line_note(
     assert _by_content(dataset)["split"].tolist() == _by_content(two_salts["ds2"])["split"].tolist()
 
 
-def test_prepare_prints_the_fingerprint_and_a_resume_keeps_it(two_salts: dict[str, Path], tmp_path: Path) -> None:
+def test_prepare_prints_the_fingerprint_and_a_resume_keeps_it(
+    two_salts: dict[str, Path], tmp_path: Path
+) -> None:
     dataset = _copy(two_salts["ds2"], tmp_path, "ds")
     before = (dataset / "splits.csv").read_bytes(), (dataset / "manifest.csv").read_bytes()
     result = prepare_dataset(_prepare_cfg(two_salts["raw"], dataset, 2))
