@@ -22,7 +22,9 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.overrides.distributed import _sync_module_states
@@ -218,12 +220,32 @@ def resolve_precision(trainer_cfg: DictConfig) -> str:
     return precision
 
 
+def instantiate_block(block: Any, key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` whose user errors stay one line naming the config key.
+
+    Hydra wraps whatever a constructor raises in a multi-line ``InstantiationException``; a
+    :class:`UserError` from our classes (``every_kimg must be > 0``) and Lightning's own
+    ``MisconfigurationException`` (an invalid ``trainer.*`` value) become a one-line
+    :class:`ConfigError` prefixed with ``key`` (e.g. ``callbacks.sample_grid``) instead.
+    """
+    try:
+        return hydra.utils.instantiate(block, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if not isinstance(cause, (UserError, MisconfigurationException)):
+            raise
+        message = " ".join(str(cause).split())
+        if not message.startswith(key.split(".")[0] + "."):  # messages naming their key keep it
+            message = f"{key}: {message}"
+        raise ConfigError(message) from None
+
+
 def instantiate_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     """Callbacks from ``cfg.callbacks`` (a dict of ``_target_`` blocks, may be empty) + the checkpointer."""
     callbacks: list[Callback] = []
     for name, block in (cfg.get("callbacks") or {}).items():
         if isinstance(block, DictConfig) and "_target_" in block:
-            callbacks.append(hydra.utils.instantiate(block))
+            callbacks.append(instantiate_block(block, f"callbacks.{name}"))
         elif block is not None:
             log.debug("callbacks.%s has no _target_; skipped", name)
     checkpoint_cfg = OmegaConf.to_container(cfg.get("checkpoint") or {}, resolve=True)
@@ -240,10 +262,10 @@ def instantiate_loggers(cfg: DictConfig) -> list[Any] | bool:
     if not logger_cfg:
         return False
     if "_target_" in logger_cfg:
-        return [hydra.utils.instantiate(logger_cfg)]
+        return [instantiate_block(logger_cfg, "logger")]
     loggers = [
-        hydra.utils.instantiate(b)
-        for b in logger_cfg.values()
+        instantiate_block(b, f"logger.{name}")
+        for name, b in logger_cfg.items()
         if isinstance(b, DictConfig) and "_target_" in b
     ]
     return loggers or False
@@ -287,7 +309,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, fitted: dict[str, Any] | None 
         "logger": instantiate_loggers(cfg),
         "plugins": [AtomicCheckpointIO()],
     }
-    return hydra.utils.instantiate(trainer_cfg, **overrides)
+    return instantiate_block(trainer_cfg, "trainer", **overrides)
 
 
 def optimized_metric_value(cfg: DictConfig, trainer: pl.Trainer) -> float | None:
@@ -326,7 +348,7 @@ def train(cfg: DictConfig) -> float | None:
     if num_train_images == 0:
         assert datamodule.splits is not None
         raise UserError(empty_train_reason(datamodule.splits, dataset_dir))
-    model = hydra.utils.instantiate(cfg.model, num_train_images=num_train_images, _convert_="all")
+    model = instantiate_block(cfg.model, "model", num_train_images=num_train_images, _convert_="all")
     trainer = build_trainer(cfg, run_dir, fitted)
     ckpt_path = resolve_ckpt_path(cfg, run_dir)
     log.info(
