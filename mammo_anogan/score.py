@@ -98,7 +98,13 @@ def build_loss(cfg: DictConfig, lpips_net: nn.Module | None = None) -> nn.Module
     def discriminator() -> nn.Module:
         from mammo_anogan.models.stylegan2.export import load_discriminator
 
-        path = cfg.get("discriminator") or Path(str(cfg.generator)).with_name("discriminator.pt")
+        path = Path(str(cfg.get("discriminator") or Path(str(cfg.generator)).with_name("discriminator.pt")))
+        if not path.is_file():
+            raise UserError(
+                f"projection.loss=disc_features needs the discriminator trained with the generator and "
+                f"{path} does not exist: set discriminator=<its discriminator.pt>, or use another "
+                "projection.loss (mse needs nothing else)"
+            )
         return load_discriminator(path)
 
     return build_projection_loss(

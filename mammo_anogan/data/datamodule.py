@@ -152,7 +152,8 @@ class MammoDataModule(LightningDataModule):
         for column in ("image_path", "mask_path"):
             if column not in manifest.columns:
                 raise UserError(
-                    f"{self.dataset_dir / 'manifest.csv'} lacks the column {column}: {PREPARE_HINT}"
+                    f"{self.dataset_dir / 'manifest.csv'} lacks the column {column}: prepare again with "
+                    "prepare.overwrite=true"
                 )
         self.splits = ensure_splits(
             self.dataset_dir, self.val_fraction, self.test_fraction, self.split_seed, self.test_ids
@@ -185,11 +186,15 @@ class MammoDataModule(LightningDataModule):
             found = ", ".join(f"{h}x{w}" for h, w in sorted(shapes))
             raise UserError(
                 f"prepared images in {root} are {found} but data.resolution={self.resolution}: "
-                f"prepare again with data.resolution={self.resolution}, or set data.loader.resize=true"
+                f"prepare again with data.resolution={self.resolution} (into another folder, or with "
+                "prepare.overwrite=true), or set data.loader.resize=true"
             )
         for i, (image, mask, lesion) in enumerate(zip(images, masks, lesions)):
             if mask.shape != image.shape or (lesion is not None and lesion.shape != image.shape):
-                raise UserError(f"mask size differs from image size for image {manifest['image_id'].iloc[i]}")
+                raise UserError(
+                    f"mask size differs from image size for image {manifest['image_id'].iloc[i]}: prepare "
+                    "again with prepare.overwrite=true"
+                )
         lesions = [
             np.zeros_like(image) if lesion is None else lesion for image, lesion in zip(images, lesions)
         ]
@@ -248,8 +253,8 @@ class MammoDataModule(LightningDataModule):
         if per_rank == 0:
             raise UserError(
                 f"the train split of {self.dataset_dir} has {len(dataset)} image(s) for {num_replicas} "
-                "device(s) (train holds normal images only): add normal images or lower "
-                "data.split.val_fraction/test_fraction"
+                "device(s) (train holds normal images only): use fewer devices (trainer.devices=1), add "
+                "normal images, or lower data.split.val_fraction/test_fraction"
             )
         sampler = ResumableShuffleSampler(
             dataset, batch_size=self.batch_size, seed=self.shuffle_seed, num_replicas=num_replicas, rank=rank

@@ -136,13 +136,19 @@ def _walk_files(root: Path) -> Iterator[Path]:
 def read_labels_csv(csv_path: Path, source: Path) -> list[dict[str, str]]:
     """Rows of a labels CSV (``path`` and ``label`` required); a missing/malformed CSV is a UserError."""
     if not csv_path.is_file():
-        raise UserError(f"labels CSV not found: {csv_path}")
+        raise UserError(
+            f"labels CSV not found: {csv_path}; set data.labels_csv=<CSV with columns path,label> (paths "
+            "relative to data.source)"
+        )
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = {c.strip() for c in reader.fieldnames or []}
         missing = {"path", "label"} - columns
         if missing:
-            raise UserError(f"labels CSV {csv_path.name} lacks column(s) {', '.join(sorted(missing))}")
+            raise UserError(
+                f"labels CSV {csv_path.name} lacks column(s) {', '.join(sorted(missing))}: its header must "
+                "name path and label (optional: patient_id, laterality, view, lesion_mask)"
+            )
         return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
 
 

@@ -121,23 +121,28 @@ def read_manifest(dataset_dir: str | os.PathLike[str]) -> pd.DataFrame:
     manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in ("image_id", "patient_id", "label") if c not in manifest.columns]
     if missing:
-        raise UserError(f"{path} lacks the column(s) {', '.join(missing)}: re-run prepare")
+        raise UserError(
+            f"{path} lacks the column(s) {', '.join(missing)}: prepare again with prepare.overwrite=true"
+        )
     manifest["label"] = manifest["label"].str.strip().str.lower()
     unexpected = sorted(set(manifest["label"]) - KNOWN_LABELS)
     if unexpected:
-        raise UserError(f"{path} has unexpected label(s) {unexpected}; allowed: {sorted(KNOWN_LABELS)}")
+        raise UserError(
+            f"{path} has unexpected label(s) {unexpected}; allowed: {sorted(KNOWN_LABELS)} (correct them, or "
+            "prepare again with prepare.overwrite=true)"
+        )
     if manifest["image_id"].duplicated().any():
-        raise UserError(f"{path} lists an image_id more than once: re-run prepare")
+        raise UserError(f"{path} lists an image_id more than once: prepare again with prepare.overwrite=true")
     return manifest
 
 
 def _validate_fractions(val_fraction: float, test_fraction: float) -> None:
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= float(value) < 1.0:
-            raise UserError(f"split.{name} must be in [0, 1), got {value}")
+            raise UserError(f"data.split.{name} must be in [0, 1), got {value}")
     if float(val_fraction) + float(test_fraction) >= 1.0:
         raise UserError(
-            f"split.val_fraction + split.test_fraction must be < 1 (train needs images), "
+            f"data.split.val_fraction + data.split.test_fraction must be < 1 (train needs images), "
             f"got {val_fraction} + {test_fraction}"
         )
 
@@ -149,7 +154,7 @@ def _read_test_ids(test_ids: TestIds) -> list[str] | None:
     if isinstance(test_ids, (str, os.PathLike)):
         path = Path(test_ids)
         if not path.is_file():
-            raise UserError(f"split.test_ids file not found: {path}")
+            raise UserError(f"data.split.test_ids file not found: {path}")
         lines: Iterable[str] = path.read_text(encoding="utf-8").splitlines()
     else:
         lines = (str(item) for item in test_ids)
@@ -241,7 +246,8 @@ def compute_splits(
     if unknown_ids:
         example = sorted(unknown_ids)[0]
         raise UserError(
-            f"{len(unknown_ids)} of the split.test_ids are not in the manifest (e.g. {example!r})"
+            f"{len(unknown_ids)} of the data.split.test_ids are not in the manifest (e.g. {example!r}): "
+            "list image_id values of manifest.csv"
         )
     frame["_abnormal"] = frame["label"].isin(ABNORMAL_LABELS)
     frame["_forced"] = frame["image_id"].isin(fixed) | (frame["label"] == "unknown")
@@ -251,8 +257,9 @@ def compute_splits(
         missing = [p for p in per_patient.index if p not in patient_tokens]
         if missing:
             raise UserError(
-                f"the raw identifiers of {len(missing)} patient(s) of the manifest were not found; "
-                "point data.source at the folder the dataset was prepared from"
+                f"the raw identifiers of {len(missing)} patient(s) of the manifest were not found (films "
+                "removed from data.source?); point data.source at the folder the dataset was prepared from, "
+                "or prepare again with prepare.overwrite=true"
             )
         rank_keys = [_rank_key(patient_tokens[p], int(seed)) for p in per_patient.index]
     mapping = assign_patients(
