@@ -479,6 +479,7 @@ def patient_tokens(
     tokens = dict(known or {})
     patient_of = {row["image_id"]: row["patient_id"] for row in kept}
     needed = set(patient_of.values()) - set(tokens)
+    unreadable: str | None = None
     for item in items:
         if not needed:
             break
@@ -487,11 +488,9 @@ def patient_tokens(
             continue
         try:
             key = raw_patient_key(item)
-        except RejectedInput as err:
-            raise UserError(
-                f"a prepared film can no longer be read for its patient identifier ({err}); "
-                "prepare again with prepare.overwrite=true"
-            ) from None
+        except RejectedInput as err:  # another film of the same patient may still tell
+            unreadable = str(err)
+            continue
         if salted_hash(f"patient:{key}", salt) != patient:
             raise UserError(
                 "data.source holds other films than the ones this dataset was prepared from (a patient "
@@ -500,6 +499,11 @@ def patient_tokens(
             )
         tokens[patient] = split_token(key)
         needed.discard(patient)
+    if needed and unreadable is not None:
+        raise UserError(
+            f"a prepared film can no longer be read for its patient identifier ({unreadable}); "
+            "prepare again with prepare.overwrite=true"
+        )
     return tokens
 
 

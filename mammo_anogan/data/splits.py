@@ -226,6 +226,16 @@ def assign_patients(
     return dict(zip(ids.tolist(), split.tolist()))
 
 
+def _check_test_ids(test_ids: set[str], manifest: pd.DataFrame) -> None:
+    unknown_ids = test_ids - set(manifest["image_id"])
+    if unknown_ids:
+        example = sorted(unknown_ids)[0]
+        raise UserError(
+            f"{len(unknown_ids)} of the data.split.test_ids are not in the manifest (e.g. {example!r}): "
+            "list image_id values of manifest.csv"
+        )
+
+
 def compute_splits(
     manifest: pd.DataFrame,
     val_fraction: float = 0.2,
@@ -242,13 +252,7 @@ def compute_splits(
     _validate_fractions(val_fraction, test_fraction)
     frame = manifest[["image_id", "patient_id", "label"]].copy()
     fixed = set(test_ids or ())
-    unknown_ids = fixed - set(frame["image_id"])
-    if unknown_ids:
-        example = sorted(unknown_ids)[0]
-        raise UserError(
-            f"{len(unknown_ids)} of the data.split.test_ids are not in the manifest (e.g. {example!r}): "
-            "list image_id values of manifest.csv"
-        )
+    _check_test_ids(fixed, frame)
     frame["_abnormal"] = frame["label"].isin(ABNORMAL_LABELS)
     frame["_forced"] = frame["image_id"].isin(fixed) | (frame["label"] == "unknown")
     per_patient = frame.groupby("patient_id", sort=True)[["_abnormal", "_forced"]].any()
@@ -347,6 +351,7 @@ def ensure_splits(
     _validate_fractions(val_fraction, test_fraction)
     manifest = read_manifest(dataset_dir)
     fixed_ids = _read_test_ids(test_ids)
+    _check_test_ids(set(fixed_ids or ()), manifest)
     params = {
         "val_fraction": float(val_fraction),
         "test_fraction": float(test_fraction),
