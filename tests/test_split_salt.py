@@ -159,3 +159,55 @@ def test_prepare_prints_the_fingerprint_and_a_resume_keeps_it(
     digest = read_split_record(dataset)["fingerprint"]["digest"]  # type: ignore[index]
     assert f"split fingerprint {digest}" in result.summary
     assert ((dataset / "splits.csv").read_bytes(), (dataset / "manifest.csv").read_bytes()) == before
+
+
+@pytest.mark.slow
+def test_a_tiny_demo_on_two_salts_gives_identical_figures(two_salts: dict[str, Path], tmp_path: Path) -> None:
+    """The acceptance of `make demo` run twice, in small: train + score on each salt, same numbers."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from mammo_anogan.score import run_score
+    from mammo_anogan.train import train
+    from mammo_anogan.utils.config import CONFIG_DIR
+
+    def composed(config_name: str, overrides: list[str]) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose(config_name=config_name, overrides=["+experiment=demo", "logger=none", *overrides])
+
+    results = []
+    for salt in SALTS:
+        dataset = two_salts[f"ds{salt}"]
+        run = tmp_path / f"train{salt}"
+        train(
+            composed(
+                "train",
+                [f"data.dataset_dir={dataset}", f"+run_dir={run}", "callbacks=none", "model.total_kimg=0.012",
+                 "data.loader.batch_size=4", "trainer.enable_progress_bar=false"],
+            )
+        )  # fmt: skip
+        metrics = run_score(
+            composed(
+                "score",
+                [f"data.dataset_dir={dataset}", f"generator={run / 'generator.pt'}", "projection.steps=4",
+                 "projection.num_seeds=2", "projection.w_std_samples=200", "score.figures=false",
+                 "score.n_bootstrap=50", "trainer.enable_progress_bar=false"],
+            ),
+            tmp_path / f"score{salt}",
+        )  # fmt: skip
+        frame = _by_content(dataset)[["image_id", "content"]]
+        scores = pd.read_csv(tmp_path / f"score{salt}" / "scores.csv", dtype={"image_id": str})
+        by_content = scores.merge(frame, on="image_id")[["content", "split", "score"]]
+        results.append((torch.load(run / "generator.pt", weights_only=True), metrics, by_content))
+    (g1, m1, s1), (g2, m2, s2) = results
+    for key, value in g1["state_dict"].items():
+        assert torch.equal(value, g2["state_dict"][key]), key
+    assert (
+        s1.sort_values("content")
+        .reset_index(drop=True)
+        .equals(s2.sort_values("content").reset_index(drop=True))
+    )
+    assert len(s1) > 10
+    figures = ("auc", "accuracy", "sensitivity", "specificity", "threshold", "auc_ci_low", "auc_ci_high")
+    assert {k: m1[k] for k in figures} == {k: m2[k] for k in figures}
+    assert m1["split_fingerprint"] == m2["split_fingerprint"] and m1["generator_hash"] == m2["generator_hash"]
