@@ -220,19 +220,26 @@ def resolve_precision(trainer_cfg: DictConfig) -> str:
     return precision
 
 
-def instantiate_block(block: Any, key: str, **kwargs: Any) -> Any:
+#: What third-party constructors (Lightning's Trainer, the loggers) raise for a bad config value.
+THIRD_PARTY_CONFIG_ERRORS = (MisconfigurationException, ValueError, TypeError)
+
+
+def instantiate_block(
+    block: Any, key: str, user_errors: tuple[type[BaseException], ...] = (UserError,), **kwargs: Any
+) -> Any:
     """``hydra.utils.instantiate`` whose user errors stay one line naming the config key.
 
     Hydra wraps whatever a constructor raises in a multi-line ``InstantiationException``; a
-    :class:`UserError` from our classes (``every_kimg must be > 0``) and Lightning's own
-    ``MisconfigurationException`` (an invalid ``trainer.*`` value) become a one-line
-    :class:`ConfigError` prefixed with ``key`` (e.g. ``callbacks.sample_grid``) instead.
+    :class:`UserError` from our classes (``every_kimg must be > 0``), and for third-party blocks
+    ``user_errors`` such as Lightning's ``MisconfigurationException`` / ``ValueError`` (an invalid
+    ``trainer.*`` value), become a one-line :class:`ConfigError` prefixed with ``key``
+    (e.g. ``callbacks.sample_grid``) instead. Anything else keeps its traceback (a bug).
     """
     try:
         return hydra.utils.instantiate(block, **kwargs)
     except InstantiationException as err:
         cause = err.__cause__
-        if not isinstance(cause, (UserError, MisconfigurationException)):
+        if not isinstance(cause, (UserError, *user_errors)):
             raise
         message = " ".join(str(cause).split())
         if not message.startswith(key.split(".")[0] + "."):  # messages naming their key keep it
@@ -262,9 +269,9 @@ def instantiate_loggers(cfg: DictConfig) -> list[Any] | bool:
     if not logger_cfg:
         return False
     if "_target_" in logger_cfg:
-        return [instantiate_block(logger_cfg, "logger")]
+        return [instantiate_block(logger_cfg, "logger", THIRD_PARTY_CONFIG_ERRORS)]
     loggers = [
-        instantiate_block(b, f"logger.{name}")
+        instantiate_block(b, f"logger.{name}", THIRD_PARTY_CONFIG_ERRORS)
         for name, b in logger_cfg.items()
         if isinstance(b, DictConfig) and "_target_" in b
     ]
@@ -309,7 +316,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, fitted: dict[str, Any] | None 
         "logger": instantiate_loggers(cfg),
         "plugins": [AtomicCheckpointIO()],
     }
-    return instantiate_block(trainer_cfg, "trainer", **overrides)
+    return instantiate_block(trainer_cfg, "trainer", THIRD_PARTY_CONFIG_ERRORS, **overrides)
 
 
 def optimized_metric_value(cfg: DictConfig, trainer: pl.Trainer) -> float | None:

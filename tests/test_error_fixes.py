@@ -286,6 +286,18 @@ def test_labels_csv_missing_or_without_columns(raw: Path, tmp_path: Path) -> Non
     )
 
 
+def test_a_mias_folder_without_info_txt(raw: Path, tmp_path: Path) -> None:
+    from mammo_anogan.data.readers import list_mias_inputs
+
+    folder = tmp_path / "mias"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "mdb001.pgm"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(UserError, match=re_escape("expected a mini-MIAS folder: mdbNNN.pgm + Info.txt")):
+        next(list_mias_inputs(folder))
+    (folder / "Info.txt").write_text("mdb001 G NORM\n")
+    assert next(list_mias_inputs(folder)).label == "normal"
+
+
 def test_a_resumed_prepare_with_other_settings(raw: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     prepare_dataset(folder_prepare(raw, out))
@@ -326,8 +338,12 @@ def test_no_prepared_dataset_yet(raw: Path, tmp_path: Path) -> None:
     prepare_dataset(_compose("prepare", [*data, "prepare.workers=0", "prepare.progress=false"]))
     assert ensure_prepared_dataset(train_cfg) == dataset
     assert len(ensure_splits(dataset)) == 8
-    MammoDataModule.from_config(train_cfg.data).setup()
+    datamodule = MammoDataModule.from_config(train_cfg.data)
+    datamodule.setup()
     validate_score_config(score_cfg)
+    with pytest.raises(UserError, match="unknown split 'holdout'; choose one of train, val, test"):
+        datamodule.dataset("holdout")
+    assert len(datamodule.dataset("test")) > 0
 
 
 @pytest.fixture()
@@ -571,6 +587,17 @@ def test_checkpoint_values(demo_train: DictConfig) -> None:
         ["checkpoint.every_n_kimg must be > 0"],
         demo_train,
     )
+
+
+def test_invalid_trainer_values_are_one_line(demo_train: DictConfig, tmp_path: Path) -> None:
+    from mammo_anogan.train import build_trainer
+
+    quiet = _with(demo_train, callbacks={})
+    for key, bad in (("trainer__num_nodes", 0), ("trainer__foo", 1)):
+        with pytest.raises(ConfigError, match=r"^trainer: ") as caught:
+            build_trainer(_with(quiet, **{key: bad}), tmp_path, {})
+        assert "\n" not in str(caught.value)
+    assert build_trainer(quiet, tmp_path, {}).num_nodes == 1
 
 
 def test_a_monitored_metric_that_is_not_computed(demo_train: DictConfig) -> None:
