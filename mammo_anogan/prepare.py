@@ -523,7 +523,12 @@ def split_tokens_from_source(data_cfg: DictConfig, dataset_dir: Path) -> dict[st
         return None
     salt = load_or_create_salt(dataset_dir)
     kept = read_manifest(dataset_dir).to_dict("records")
-    tokens = patient_tokens(list_inputs(data_cfg), kept, salt)
+    try:
+        items = list(list_inputs(data_cfg))
+    except UserError as err:  # not a folder this reader can list: say which split needs it instead
+        log.warning("data.source cannot be listed for a re-split (%s)", err)
+        return None
+    tokens = patient_tokens(items, kept, salt)
     return tokens if set(tokens) >= {row["patient_id"] for row in kept} else None  # another folder
 
 
