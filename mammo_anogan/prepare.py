@@ -525,8 +525,8 @@ def split_tokens_from_source(data_cfg: DictConfig, dataset_dir: Path) -> dict[st
     kept = read_manifest(dataset_dir).to_dict("records")
     try:
         items = list(list_inputs(data_cfg))
-    except UserError as err:  # not a folder this reader can list: say which split needs it instead
-        log.warning("data.source cannot be listed for a re-split (%s)", err)
+    except UserError:  # not a folder this reader can list: the caller names the recorded split
+        log.warning("data.source cannot be listed to re-split the dataset")  # no raw path in the log
         return None
     tokens = patient_tokens(items, kept, salt)
     return tokens if set(tokens) >= {row["patient_id"] for row in kept} else None  # another folder
