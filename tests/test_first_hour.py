@@ -31,7 +31,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 #: Small networks and a two-step run: the presets' code paths at a fraction of the cost.
 TINY = [
-    "data.resolution=32",
+    "data.resolution=16",
     "data.loader.batch_size=2",
     "data.loader.num_workers=0",
     "model.generator.z_dim=16",
@@ -72,7 +72,7 @@ def test_the_quick_start_on_unlabelled_films_ends_in_a_training_run(
     mammograms_dir: Path, tmp_path: Path, no_gpu: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = ["data=dicom", f"data.source={mammograms_dir}", f"paths.data_dir={tmp_path / 'data'}"]
-    prepare_args = [*data, "data.views=[CC]", "data.resolution=32", "prepare.workers=0"]
+    prepare_args = [*data, "data.views=[CC]", "data.resolution=16", "prepare.workers=0"]
     # 1. prepare: 4 CC films kept, all unlabelled.
     first = prepare_entry.run(compose_prepare(prepare_args))
     assert (first.kept, first.rejected) == (4, 4)
@@ -99,14 +99,19 @@ def test_the_quick_start_on_unlabelled_films_ends_in_a_training_run(
     status, err = _cli(train, compose_train([*preset, "trainer=cpu", f"+run_dir={run_dir}"]), capsys)
     assert status == 0, err
     generator = load_generator(run_dir / "generator.pt")
-    assert generator.img_resolution == 32
+    assert generator.img_resolution == 16
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_prepared_dataset(tmp_path_factory.mktemp("prepared"), 6, 2, resolution=16)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_preset_takes_a_training_step_with_trainer_cpu(
-    experiment: str, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, no_gpu: None
+    experiment: str, tiny_dataset: Path, tmp_path: Path, no_gpu: None
 ) -> None:
-    dataset = make_prepared_dataset(tmp_path_factory.mktemp("prepared"), 6, 2, resolution=32)
+    dataset = tiny_dataset
     cfg = compose_train(
         [
             f"+experiment={experiment}",
@@ -119,7 +124,7 @@ def test_every_preset_takes_a_training_step_with_trainer_cpu(
     )
     assert cfg.trainer.accelerator == "cpu" and cfg.trainer.devices == 1
     train(cfg)
-    assert load_generator(tmp_path / "generator.pt").img_resolution == 32
+    assert load_generator(tmp_path / "generator.pt").img_resolution == 16
     last = (tmp_path / "checkpoints" / "last.ckpt").stat().st_size
     assert last > 0
 
