@@ -259,3 +259,48 @@ def test_an_empty_train_split_of_abnormal_patients_names_the_cause(tmp_path: Pat
     assert "0 all-normal patient(s)" in message and "add such exams" in message
     only_abnormal = splits.assign(label=["benign", "malignant", "benign"])
     assert "no film is labelled normal (2 benign, 1 malignant)" in empty_train_reason(only_abnormal, tmp_path)
+
+
+@pytest.mark.slow
+def test_the_quick_start_as_commands_on_a_machine_without_gpu(mammograms_dir: Path, tmp_path: Path) -> None:
+    """The four steps as real ``python -m`` processes with CUDA hidden (what a user types)."""
+    import os
+    import subprocess
+    import sys
+
+    from mammo_anogan.utils.config import PROJECT_ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update(
+        PYTHONPATH=str(PROJECT_ROOT), CUDA_VISIBLE_DEVICES="", WANDB_MODE="offline", OMP_NUM_THREADS="1"
+    )
+
+    def run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [
+            sys.executable,
+            "-m",
+            f"mammo_anogan.{module}",
+            *args,
+            f"hydra.run.dir={tmp_path / module}",
+        ]
+        return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    data = ["data=dicom", f"data.source={mammograms_dir}", f"paths.data_dir={tmp_path / 'data'}"]
+    prepare = [*data, "data.views=[CC]", "data.resolution=16", "prepare.progress=false"]
+    assert run("prepare", *prepare).returncode == 0
+    train = ["+experiment=paper_cc512", *data, *TINY]
+    errors = []
+    for extra in ([], ["trainer=cpu"]):
+        result = run("train", *train, *extra)
+        lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[
+            -2000:
+        ]
+        errors.append(lines[0])
+    assert "add trainer=cpu" in errors[0]
+    assert "data.label=normal" in errors[1] and "no film is labelled normal" in errors[1]
+    assert run("prepare", *prepare, "data.label=normal").returncode == 0
+    result = run("train", *train, "trainer=cpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "train" / "generator.pt").is_file()
+    assert "split fingerprint" in result.stderr + result.stdout
