@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install demo test test-oldest test-all lint format prepare train score bench gpu-check clean distclean
+.PHONY: install demo test test-oldest test-all lint format prepare train score doctor bench gpu-check clean distclean
 
 install: $(STAMP)
 
@@ -65,6 +65,11 @@ train: install
 
 score: install
 	$(PY) -m mammo_anogan.score $(ARGS)
+
+# What this machine can run before a long job: torch/CUDA/bf16, GPUs, presets that fit, offline
+# weights, free disk, prepared datasets (reads only).
+doctor: install
+	$(PY) -m mammo_anogan.doctor $(ARGS)
 
 bench: install
 	$(PY) bench/prepare.py

@@ -32,6 +32,7 @@ PRECISIONS = ("bf16", "fp32")
 ON_NONFINITE = ("stop", "skip")
 READERS = ("dicom", "mias", "folder", "synthetic")
 STORE_MODES = ("auto", "ram", "packed")  # data.loader.store (mammo_anogan.data.store)
+LABELS = ("normal", "benign", "malignant", "unknown")
 
 
 @dataclass
@@ -54,6 +55,7 @@ class DataSchema:
     name: str = MISSING_VALUE
     reader: str = MISSING_VALUE
     source: Any = None  # a path, or "???" while unset
+    label: Any = None  # data.label: the label of films without one (None: leave them unknown)
     dataset_dir: str = MISSING_VALUE
     views: list[str] = field(default_factory=lambda: ["CC"])
     resolution: int = 512
@@ -174,6 +176,8 @@ def validate_data(cfg: DictConfig) -> DictConfig:
     data = _typed(cfg, "data", DataSchema)
     _choice("data.reader", data.reader, READERS)
     _choice("data.resolution", data.resolution, RESOLUTIONS)
+    if data.label is not None:
+        _choice("data.label", str(data.label).strip().lower(), LABELS)
     _fraction("data.split.val_fraction", data.split.val_fraction)
     _fraction("data.split.test_fraction", data.split.test_fraction)
     total = data.split.val_fraction + data.split.test_fraction

@@ -6,9 +6,11 @@
 Reads a DICOM folder, mini-MIAS, a folder + labels CSV, or generated synthetic DICOMs; windows,
 orients, pads, resizes and masks every film in parallel worker processes; writes PNGs and one
 manifest row per kept image (``rejected.csv`` gets one row, with its reason, per input not kept);
-then fixes the patient-level splits and, for a set too large for the in-RAM cache, writes the
-packed store the data module reads (:mod:`mammo_anogan.data.store`). Layout: docs/interfaces.md
-("Prepared dataset directory").
+then fixes the patient-level splits (salt-independent: patients are ranked by a keyed hash of their
+raw identifier, held in memory only; see :mod:`mammo_anogan.data.splits`), writes the manifest in
+pixel-content order, so the same films give the same dataset order whatever the salt, and, for a set
+too large for the in-RAM cache, writes the packed store the data module reads
+(:mod:`mammo_anogan.data.store`). Layout: docs/interfaces.md ("Prepared dataset directory").
 
 Robustness: a bad file never stops the run; a killed run resumes where it stopped (inputs are
 identified by their salted, hashed relative path); no raw path or header identifier is written to
@@ -23,7 +25,7 @@ import multiprocessing
 import shutil
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 import mammo_anogan.utils.config  # noqa: F401  (registers the resolvers before Hydra composes)
 from mammo_anogan.config_schema import validate_prepare_config
 from mammo_anogan.data.manifest import (
+    MANIFEST_COLUMNS,
     MANIFEST_FILE,
     OUTPUT_FOLDERS,
     REJECTED_FILE,
@@ -47,18 +50,28 @@ from mammo_anogan.data.orientation import ORIENTATION_CONFLICT_POLICIES
 from mammo_anogan.data.preprocess import PreprocessSettings, RejectedInput, prepare_image
 from mammo_anogan.data.readers import (
     InputItem,
+    apply_default_label,
     list_dicom_inputs,
     list_folder_inputs,
     list_mias_inputs,
     load_item,
+    raw_patient_key,
     silence_decoder_logs,
+)
+from mammo_anogan.data.splits import (
+    describe_fingerprint,
+    ensure_splits,
+    image_content_hashes,
+    pixel_hash,
+    read_split_record,
+    split_token,
 )
 from mammo_anogan.data.store import STORE_DIR, prepare_store
 from mammo_anogan.run_state import check_prepare_resume, dataset_fingerprint
 from mammo_anogan.utils.errors import ConfigError, UserError, exit_on_user_error
 from mammo_anogan.utils.fingerprint import SIDECAR_NAME, write_sidecar
 from mammo_anogan.utils.hashing import SALT_FILE, load_or_create_salt, salted_hash
-from mammo_anogan.utils.io import atomic_write_text, remove_stale_temp_files
+from mammo_anogan.utils.io import atomic_write_csv, atomic_write_text, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +182,10 @@ def _kept_row(item: InputItem, job: JobSettings, loaded: Any, prepared: Any) -> 
         "tissue": item.tissue,
         "raw_height": loaded.raw.pixels.shape[0],
         "raw_width": loaded.raw.pixels.shape[1],
+        # In memory only (popped before the row is written): the salt-independent patient token
+        # that ranks patients for the split, and the pixel hash that orders the manifest.
+        "_split_token": split_token(loaded.patient_key),
+        "_content_hash": pixel_hash(prepared.image),
     }
 
 
@@ -248,6 +265,10 @@ def list_inputs(data_cfg: DictConfig) -> Iterator[InputItem]:
         raise UserError("data.source is not set: give the folder of raw images (data.source=DIR)")
     source = Path(str(data_cfg.source)).expanduser()
     labels_csv = data_cfg.get("labels_csv")
+    return apply_default_label(_reader_items(reader, source, labels_csv, data_cfg), data_cfg.get("label"))
+
+
+def _reader_items(reader: str, source: Path, labels_csv: Any, data_cfg: DictConfig) -> Iterator[InputItem]:
     if reader == "synthetic":
         if not (source / "labels.csv").is_file():
             from mammo_anogan.data.synthetic import generate_dataset
@@ -366,23 +387,33 @@ def prepare_dataset(cfg: DictConfig) -> PrepareResult:
     writer = DatasetWriter(out_dir)
     done = writer.done_sources()
     pending: list[InputItem] = []
+    finished: dict[str, InputItem] = {}  # inputs done by an earlier run, by hashed source
     skipped = 0
     seen: set[str] = set()
     for item in _chain(first, items):
         key = source_hash(item, salt)
         if key in done or key in seen:
+            if key in done and item.reject_reason is None:
+                finished[key] = item
             skipped += key in done
             continue
         seen.add(key)
         pending.append(item)
 
+    tokens: dict[str, str] = {}  # salted patient id -> split token (in memory only)
+    content: dict[str, str] = {}  # image id -> pixel hash
     with _progress(bool(cfg.prepare.get("progress", True)), len(pending)) as progress:
         task = progress.add_task("prepare", total=len(pending))
         for row in _results(pending, job, int(cfg.prepare.get("workers", 0))):
+            token, pixels = row.pop("_split_token", None), row.pop("_content_hash", None)
+            if token is not None:
+                tokens[row["patient_id"]] = token
+                content[row["image_id"]] = pixels
             writer.add(row)
             progress.advance(task)
 
     kept, rejected = writer.finalise()
+    kept = _relabel_and_order(out_dir, kept, finished, content)
     summary = render_summary(kept, rejected, processed=len(pending), skipped=skipped)
     log.info(
         "prepared dataset: %d kept, %d rejected, %d processed now, %d resumed",
@@ -393,7 +424,9 @@ def prepare_dataset(cfg: DictConfig) -> PrepareResult:
     )
     if not kept:
         raise UserError(f"no input was kept ({len(rejected)} rejected; reasons in {REJECTED_FILE})")
-    from mammo_anogan.data.splits import ensure_splits
+
+    def all_tokens() -> dict[str, str]:  # only called when a split must be computed
+        return patient_tokens(finished.values(), kept, salt, known=tokens)
 
     split = cfg.data.get("split") or {}
     ensure_splits(
@@ -402,9 +435,127 @@ def prepare_dataset(cfg: DictConfig) -> PrepareResult:
         test_fraction=float(split.get("test_fraction", 0.2)),
         seed=int(split.get("seed", 0)),
         test_ids=split.get("test_ids"),
+        patient_tokens=all_tokens,
+        content_hashes=content,
     )
     prepare_store(out_dir, cfg.data)  # the packed store, when data.loader.store would use it
+    record = read_split_record(out_dir) or {}
+    if isinstance(record.get("fingerprint"), dict):
+        summary += describe_fingerprint(record["fingerprint"], str(record.get("scheme"))) + "\n"
     return PrepareResult(out_dir, len(pending), skipped, len(kept), len(rejected), summary)
+
+
+def _relabel_and_order(
+    out_dir: Path, kept: list[dict[str, str]], finished: dict[str, InputItem], content: dict[str, str]
+) -> list[dict[str, str]]:
+    """Give films done by an earlier run their current label; order the manifest by pixel content.
+
+    Labels come from the listing (labels CSV, ``data.label``, Info.txt), not from the pixels, so a
+    resumed run with a new ``data.label`` or labels CSV relabels the films it skips instead of keeping
+    stale labels. The manifest order (which the data module keeps) is the pixel hash, so the same
+    films give the same order whatever the salt. ``content`` is completed in place.
+    """
+    relabelled = 0
+    for row in kept:
+        item = finished.get(row["source"])
+        if item is not None and item.label != row["label"]:
+            row["label"] = item.label
+            relabelled += 1
+    if relabelled:
+        log.info("%d film(s) prepared earlier relabelled from the current labels", relabelled)
+    missing = [row for row in kept if row["image_id"] not in content]
+    for row, digest in zip(missing, image_content_hashes(out_dir, (r["image_path"] for r in missing))):
+        content[row["image_id"]] = digest
+    ordered = sorted(kept, key=lambda r: (content[r["image_id"]], r["image_id"]))
+    if relabelled or ordered != kept:
+        atomic_write_csv(out_dir / MANIFEST_FILE, ordered, MANIFEST_COLUMNS)
+    return ordered
+
+
+def patient_tokens(
+    items: Iterable[InputItem], kept: list[dict[str, str]], salt: str, known: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Split tokens of the kept films' patients, re-deriving raw keys from ``items`` where needed.
+
+    ``known`` (patient id -> token, from this run's workers) is reused; for the other patients one
+    listed film each is read (the DICOM header only). A film whose key no longer hashes to the
+    manifest's patient id means ``data.source`` is not the folder the dataset was prepared from.
+    """
+    tokens = dict(known or {})
+    patient_of = {row["image_id"]: row["patient_id"] for row in kept}
+    needed = set(patient_of.values()) - set(tokens)
+    unreadable: str | None = None
+    for item in items:
+        if not needed:
+            break
+        patient = patient_of.get(salted_hash(f"image:{item.relpath}", salt))
+        if patient is None or patient not in needed or item.reject_reason is not None:
+            continue
+        try:
+            key = raw_patient_key(item)
+        except RejectedInput as err:  # another film of the same patient may still tell
+            unreadable = str(err)
+            continue
+        if salted_hash(f"patient:{key}", salt) != patient:
+            raise UserError(
+                "data.source holds other films than the ones this dataset was prepared from (a patient "
+                "identifier changed); point data.source at the original folder or prepare again with "
+                "prepare.overwrite=true"
+            )
+        tokens[patient] = split_token(key)
+        needed.discard(patient)
+    if needed and unreadable is not None:
+        raise UserError(
+            f"a prepared film can no longer be read for its patient identifier ({unreadable}); "
+            "prepare again with prepare.overwrite=true"
+        )
+    return tokens
+
+
+def split_tokens_from_source(data_cfg: DictConfig, dataset_dir: Path) -> dict[str, str] | None:
+    """Split tokens for a prepared dataset from its raw folder (``data.source``), or None without one.
+
+    Lets ``train`` / ``score`` re-split a dataset with other ``data.split.*`` settings in the same
+    salt-independent way as ``prepare`` (only DICOM headers are read).
+    """
+    source = data_cfg.get("source")
+    if source in (None, "", "???") or not Path(str(source)).expanduser().exists():
+        return None
+    from mammo_anogan.data.splits import read_manifest
+    from mammo_anogan.utils.hashing import SALT_FILE
+
+    if not (dataset_dir / SALT_FILE).is_file():
+        return None
+    salt = load_or_create_salt(dataset_dir)
+    kept = read_manifest(dataset_dir).to_dict("records")
+    try:
+        items = list(list_inputs(data_cfg))
+    except UserError:  # not a folder this reader can list: the caller names the recorded split
+        log.warning("data.source cannot be listed to re-split the dataset")  # no raw path in the log
+        return None
+    tokens = patient_tokens(items, kept, salt)
+    return tokens if set(tokens) >= {row["patient_id"] for row in kept} else None  # another folder
+
+
+def ensure_dataset_split(data_cfg: DictConfig, dataset_dir: str | Path) -> dict[str, Any]:
+    """``ensure_splits`` with ``data.split.*`` for train / score; returns ``splits.json``'s record.
+
+    The raw folder is read (headers only) only when the split must be computed again.
+    """
+    dataset_dir = Path(dataset_dir)
+    split = data_cfg.get("split") or {}
+    test_ids = split.get("test_ids")
+    if test_ids is not None and not isinstance(test_ids, str):
+        test_ids = [str(item) for item in test_ids]  # as MammoDataModule.from_config
+    ensure_splits(
+        dataset_dir,
+        val_fraction=float(split.get("val_fraction", 0.2)),
+        test_fraction=float(split.get("test_fraction", 0.2)),
+        seed=int(split.get("seed", 0)),
+        test_ids=test_ids,
+        patient_tokens=lambda: split_tokens_from_source(data_cfg, dataset_dir),
+    )
+    return read_split_record(dataset_dir) or {}
 
 
 def _chain(first: InputItem, rest: Iterator[InputItem]) -> Iterator[InputItem]:

@@ -45,6 +45,7 @@ from mammo_anogan.anomaly.projector import ProjectionSettings
 from mammo_anogan.anomaly.scoring import SCORE_METHODS
 from mammo_anogan.config_schema import validate_score_config
 from mammo_anogan.run_state import check_threshold_record, score_start_checks, start_score_run_dir
+from mammo_anogan.training.devices import fit_trainer_to_hardware
 from mammo_anogan.training.preemption import PredictionPreemption, ScoringPreempted
 from mammo_anogan.utils.errors import ConfigError, UserError, exit_on_user_error
 from mammo_anogan.utils.io import remove_stale_temp_files
@@ -98,7 +99,13 @@ def build_loss(cfg: DictConfig, lpips_net: nn.Module | None = None) -> nn.Module
     def discriminator() -> nn.Module:
         from mammo_anogan.models.stylegan2.export import load_discriminator
 
-        path = cfg.get("discriminator") or Path(str(cfg.generator)).with_name("discriminator.pt")
+        path = Path(str(cfg.get("discriminator") or Path(str(cfg.generator)).with_name("discriminator.pt")))
+        if not path.is_file():
+            raise UserError(
+                f"projection.loss=disc_features needs the discriminator trained with the generator and "
+                f"{path} does not exist: set discriminator=<its discriminator.pt>, or use another "
+                "projection.loss (mse needs nothing else)"
+            )
         return load_discriminator(path)
 
     return build_projection_loss(
@@ -122,19 +129,41 @@ def check_score_config(score_cfg: Any) -> None:
     unknown = [split for split in score_cfg.splits if split not in ("train", "val", "test")]
     if unknown or not score_cfg.splits:
         raise ConfigError(
-            f"score.splits must be a non-empty subset of [val, test], got {list(score_cfg.splits)}"
+            f"score.splits must be a non-empty subset of [train, val, test], got {list(score_cfg.splits)}"
         )
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[Any]) -> Any:
+def fit_score_trainer(cfg: DictConfig) -> dict[str, Any]:
+    """The trainer request (``trainer`` block, else ``score.accelerator/devices``) fitted to the machine.
+
+    Returns the Trainer's ``accelerator``, ``devices`` and ``strategy``; a GPU preset on a machine
+    without CUDA is one ConfigError line naming ``trainer=cpu`` (checked before any work).
+    """
+    trainer_cfg = cfg.get("trainer") or {}
+    requested = {
+        "accelerator": trainer_cfg.get("accelerator", cfg.score.accelerator),
+        "devices": trainer_cfg.get("devices", cfg.score.devices),
+        "strategy": trainer_cfg.get("strategy", "auto"),
+        "num_nodes": trainer_cfg.get("num_nodes", 1),
+    }
+    fitted = {**requested, **fit_trainer_to_hardware(requested, task="score")}
+    fitted.pop("num_nodes")
+    return fitted
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Any], fitted: dict[str, Any] | None = None) -> Any:
     """A predict-only Trainer: gradients allowed (``inference_mode=False``), no logger/checkpoints."""
     from pytorch_lightning import Trainer
 
     trainer_cfg = cfg.get("trainer") or {}
+    fitted = fit_score_trainer(cfg) if fitted is None else fitted
+    strategy = fitted["strategy"]
+    if OmegaConf.is_config(strategy) and "_target_" in strategy:  # trainer=ddp's strategy block
+        strategy = hydra.utils.instantiate(strategy)
     return Trainer(
-        accelerator=trainer_cfg.get("accelerator", cfg.score.accelerator),
-        devices=trainer_cfg.get("devices", cfg.score.devices),
-        strategy=trainer_cfg.get("strategy", "auto"),
+        accelerator=fitted["accelerator"],
+        devices=fitted["devices"],
+        strategy=strategy,
         num_nodes=trainer_cfg.get("num_nodes", 1),
         logger=False,
         enable_checkpointing=False,
@@ -325,11 +354,14 @@ def run_score(
     from pytorch_lightning import seed_everything
 
     from mammo_anogan.data.datamodule import MammoDataModule
+    from mammo_anogan.data.splits import describe_fingerprint
     from mammo_anogan.evaluation.table import write_metrics_json
+    from mammo_anogan.prepare import ensure_dataset_split
 
     run_dir = Path(run_dir)
     validate_score_config(cfg)  # one-line ConfigError naming the key, before any file or device work
     check_score_config(cfg.score)
+    fitted = fit_score_trainer(cfg)  # e.g. a GPU preset on a CPU machine: one line naming trainer=cpu
     settings = projection_settings(cfg.projection)
     generator = load_checked_generator(cfg)  # every check that can fail runs before any projection
     generator_hash = file_hash(cfg.generator)
@@ -344,6 +376,10 @@ def run_score(
         start_score_run_dir(run_dir, fingerprints.scores, bool(cfg.score.resume))  # fingerprint.json
         save_sanitised_config(cfg, run_dir, dataset_salt(cfg.data.dataset_dir))
     seed_everything(int(cfg.seed), verbose=False)
+    split_record = ensure_dataset_split(cfg.data, cfg.data.dataset_dir)  # salt-independent split
+    fingerprint = split_record.get("fingerprint") or {}
+    if fingerprint:
+        log.info("%s", describe_fingerprint(fingerprint, split_record.get("scheme")))
     datamodule = MammoDataModule.from_config(cfg.data)
     datamodule.setup("predict")  # val + test only; read from the packed store when there is one
 
@@ -352,7 +388,7 @@ def run_score(
     )
     writer = ScoreWriter(run_dir, save_projections=bool(cfg.score.save_projections))
     preemption = PredictionPreemption()
-    trainer = build_trainer(cfg, [writer, preemption])
+    trainer = build_trainer(cfg, [writer, preemption], fitted)
     for split in cfg.score.splits:
         dataset = datamodule.dataset(split)
         done = completed_image_ids(run_dir, split) if cfg.score.resume else set()
@@ -375,6 +411,7 @@ def run_score(
         return {}
 
     metrics = evaluate_run(run_dir, cfg, generator_hash, threshold_record)
+    metrics["split_fingerprint"] = fingerprint.get("digest")  # compare with another lab's run
     write_metrics_json(run_dir / "metrics.json", metrics)
     if threshold_record is None:
         write_threshold(

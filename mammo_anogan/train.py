@@ -21,7 +21,9 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.overrides.distributed import _sync_module_states
@@ -29,7 +31,9 @@ from pytorch_lightning.strategies import DDPStrategy
 
 import mammo_anogan.utils.config  # noqa: F401  (registers the resolvers before Hydra composes)
 from mammo_anogan.config_schema import validate_train_config
+from mammo_anogan.data.splits import describe_fingerprint
 from mammo_anogan.run_state import check_resume, training_fingerprint, warn_if_new_run_overwrites
+from mammo_anogan.training.devices import Hardware, fit_trainer_to_hardware
 from mammo_anogan.training.nonfinite import check_finite_weights
 from mammo_anogan.training.preemption import PreemptionCheckpoint, preemption_stopping
 from mammo_anogan.training.sweep_metric import check_optimized_metric
@@ -233,6 +237,13 @@ def ensure_prepared_dataset(cfg: DictConfig) -> Path:
     return dataset_dir
 
 
+def log_split(record: dict[str, Any]) -> None:
+    """Log the split's fingerprint (comparable across machines and labs) from ``splits.json``."""
+    fingerprint = record.get("fingerprint")
+    if isinstance(fingerprint, dict):
+        log.info("%s", describe_fingerprint(fingerprint, record.get("scheme")))
+
+
 def resolve_precision(trainer_cfg: DictConfig) -> str:
     """``auto`` -> ``bf16-mixed`` on a bf16-capable GPU, else ``32-true``; fp32 always on CPU."""
     precision = str(trainer_cfg.get("precision", "auto"))
@@ -245,12 +256,39 @@ def resolve_precision(trainer_cfg: DictConfig) -> str:
     return precision
 
 
+#: What third-party constructors (Lightning's Trainer, the loggers) raise for a bad config value.
+THIRD_PARTY_CONFIG_ERRORS = (MisconfigurationException, ValueError, TypeError)
+
+
+def instantiate_block(
+    block: Any, key: str, user_errors: tuple[type[BaseException], ...] = (UserError,), **kwargs: Any
+) -> Any:
+    """``hydra.utils.instantiate`` whose user errors stay one line naming the config key.
+
+    Hydra wraps whatever a constructor raises in a multi-line ``InstantiationException``; a
+    :class:`UserError` from our classes (``every_kimg must be > 0``), and for third-party blocks
+    ``user_errors`` such as Lightning's ``MisconfigurationException`` / ``ValueError`` (an invalid
+    ``trainer.*`` value), become a one-line :class:`ConfigError` prefixed with ``key``
+    (e.g. ``callbacks.sample_grid``) instead. Anything else keeps its traceback (a bug).
+    """
+    try:
+        return hydra.utils.instantiate(block, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if not isinstance(cause, (UserError, *user_errors)):
+            raise
+        message = " ".join(str(cause).split())
+        if not message.startswith(key.split(".")[0] + "."):  # messages naming their key keep it
+            message = f"{key}: {message}"
+        raise ConfigError(message) from None
+
+
 def instantiate_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     """Callbacks from ``cfg.callbacks`` (a dict of ``_target_`` blocks, may be empty) + the checkpointer."""
     callbacks: list[Callback] = [PreemptionCheckpoint()]  # first: others see its decision at once
     for name, block in (cfg.get("callbacks") or {}).items():
         if isinstance(block, DictConfig) and "_target_" in block:
-            callbacks.append(hydra.utils.instantiate(block))
+            callbacks.append(instantiate_block(block, f"callbacks.{name}"))
         elif block is not None:
             log.debug("callbacks.%s has no _target_; skipped", name)
     checkpoint_cfg = OmegaConf.to_container(cfg.get("checkpoint") or {}, resolve=True)
@@ -266,10 +304,10 @@ def instantiate_loggers(cfg: DictConfig) -> list[Any] | bool:
     if not logger_cfg:
         return False
     if "_target_" in logger_cfg:
-        return [hydra.utils.instantiate(logger_cfg)]
+        return [instantiate_block(logger_cfg, "logger", THIRD_PARTY_CONFIG_ERRORS)]
     loggers = [
-        hydra.utils.instantiate(b)
-        for b in logger_cfg.values()
+        instantiate_block(b, f"logger.{name}", THIRD_PARTY_CONFIG_ERRORS)
+        for name, b in logger_cfg.items()
         if isinstance(b, DictConfig) and "_target_" in b
     ]
     return loggers or False
@@ -289,10 +327,22 @@ def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
     return str(path)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
-    """The Lightning Trainer: kimg-scheduled, atomic checkpoints, epochs/steps unbounded."""
+def fit_trainer(cfg: DictConfig, hardware: Hardware | None = None) -> dict[str, Any]:
+    """:func:`fit_trainer_to_hardware` for ``cfg.trainer`` (errors before any data work)."""
+    batch_size = OmegaConf.select(cfg, "data.loader.batch_size", default=None)
+    return fit_trainer_to_hardware(cfg.trainer, hardware, batch_size=batch_size, task="train")
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, fitted: dict[str, Any] | None = None) -> pl.Trainer:
+    """The Lightning Trainer: kimg-scheduled, atomic checkpoints, epochs/steps unbounded.
+
+    The ``trainer`` block is first fitted to the machine (:func:`fit_trainer_to_hardware`): a GPU
+    preset on a CPU machine is one line naming ``trainer=cpu``, more GPUs than visible are capped
+    with a warning, and plain DDP is refused with the spelling that works.
+    """
     trainer_cfg = cfg.trainer
     overrides = {
+        **(fit_trainer(cfg) if fitted is None else fitted),
         "precision": resolve_precision(trainer_cfg),
         "max_epochs": -1,
         "max_steps": -1,  # training length is model.total_kimg (checked by the module every step)
@@ -302,7 +352,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
         "plugins": [AtomicCheckpointIO()],
     }
     # _convert_="partial": plain lists for callbacks/plugins (Lightning < 2.6 wraps a ListConfig in a list)
-    return hydra.utils.instantiate(trainer_cfg, _convert_="partial", **overrides)
+    return instantiate_block(
+        trainer_cfg, "trainer", THIRD_PARTY_CONFIG_ERRORS, _convert_="partial", **overrides
+    )
 
 
 def optimized_metric_value(cfg: DictConfig, trainer: pl.Trainer) -> float | None:
@@ -316,12 +368,16 @@ def optimized_metric_value(cfg: DictConfig, trainer: pl.Trainer) -> float | None
 def train(cfg: DictConfig) -> float | None:
     """Train from a composed config; returns the ``optimized_metric`` value when one is set."""
     from mammo_anogan.data.datamodule import MammoDataModule
+    from mammo_anogan.data.splits import empty_train_reason
+    from mammo_anogan.prepare import ensure_dataset_split
 
     validate_train_config(cfg)  # one-line ConfigError before any data or device work
     check_optimized_metric(cfg)  # a sweep's metric must be producible (before any trial trains)
+    fitted = fit_trainer(cfg)  # the preset on this machine: capped devices, or one line naming the fix
     run_dir = run_dir_of(cfg)
     pl.seed_everything(int(cfg.get("seed", 0)), workers=True)
     dataset_dir = ensure_prepared_dataset(cfg)
+    log_split(ensure_dataset_split(cfg.data, dataset_dir))  # salt-independent; fingerprint printed
     # Fingerprint checks (dataset settings; the resumed checkpoint's settings and weights) before the
     # run writes anything, config.yaml included: a refused resume leaves the run dir as it was.
     fingerprint = training_fingerprint(cfg, dataset_dir, resolve_precision(cfg.trainer))
@@ -333,9 +389,12 @@ def train(cfg: DictConfig) -> float | None:
     datamodule = MammoDataModule.from_config(cfg.data)
     datamodule.setup("fit")
     num_train_images = len(datamodule.dataset("train"))
-    model = hydra.utils.instantiate(cfg.model, num_train_images=num_train_images, _convert_="all")
+    if num_train_images == 0:
+        assert datamodule.splits is not None
+        raise UserError(empty_train_reason(datamodule.splits, dataset_dir))
+    model = instantiate_block(cfg.model, "model", num_train_images=num_train_images, _convert_="all")
     resume.check_fits(model)  # one line instead of Lightning's size-mismatch traceback
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, fitted)
     trainer.callbacks.append(RunFingerprint(fingerprint))
     ckpt_path = resume.path
     log.info(

@@ -96,6 +96,8 @@ def test_score_writes_metrics_scores_maps_and_figures_and_resumes(workspace, tmp
     assert saved["n_images"] == len(val_ids) + len(test_ids)
     assert saved["excluded"] == 1 and "empty breast mask" in next(iter(saved["excluded_reasons"]))
     assert saved["threshold_source"] == "validation_youden"
+    split_record = json.loads((workspace["dataset"] / "splits.json").read_text())
+    assert saved["split_fingerprint"] == split_record["fingerprint"]["digest"]  # printed and recorded
     assert saved["optimistic_in_sample"]["optimistic"] is True
     assert 0.0 <= saved["pixel_auroc"] <= 1.0 and 0.0 <= saved["hit_rate"] <= 1.0
     assert metrics["auc"] == pytest.approx(saved["auc"])

@@ -261,7 +261,10 @@ def build_lpips_network(trunk: str, weights_path: str | None = None) -> nn.Modul
             for param_name, param in layer.named_parameters(recurse=False):
                 key = f"features.{index}.{param_name}"
                 if key not in state:
-                    raise UserError(f"LPIPS trunk weights do not match torchvision's {trunk}: missing {key}")
+                    raise UserError(
+                        f"LPIPS trunk weights do not match torchvision's {trunk}: missing {key} "
+                        f"(projection.lpips_weights must be torchvision's {_TRUNK_WEIGHTS[trunk][0]})"
+                    )
                 with torch.no_grad():
                     param.copy_(state[key])
     return net.eval().requires_grad_(False)

@@ -197,12 +197,14 @@ def read_threshold(path: str | os.PathLike[str], generator_hash: str, score_meth
     if record.get("generator_hash") not in (None, generator_hash):
         raise UserError(
             f"score.threshold_from: {path} was fitted for another generator "
-            f"(hash {record.get('generator_hash')}, this one is {generator_hash})"
+            f"(hash {record.get('generator_hash')}, this one is {generator_hash}): point it at a run scored "
+            "with this generator, or drop it (score.threshold_from=null) to fit the threshold on validation"
         )
     if record.get("score_method") not in (None, score_method):
         raise UserError(
             f"score.threshold_from: {path} was fitted for score.method={record.get('score_method')}, "
-            f"not {score_method}"
+            f"not {score_method}: pass score.method={record.get('score_method')}, or drop "
+            "score.threshold_from"
         )
     record["threshold"] = threshold
     return record

@@ -182,7 +182,8 @@ class MammoDataModule(LightningDataModule):
         for column in ("image_path", "mask_path"):
             if column not in manifest.columns:
                 raise UserError(
-                    f"{self.dataset_dir / 'manifest.csv'} lacks the column {column}: {PREPARE_HINT}"
+                    f"{self.dataset_dir / 'manifest.csv'} lacks the column {column}: prepare again with "
+                    "prepare.overwrite=true"
                 )
         self.splits = ensure_splits(
             self.dataset_dir, self.val_fraction, self.test_fraction, self.split_seed, self.test_ids
@@ -271,8 +272,8 @@ class MammoDataModule(LightningDataModule):
         if per_rank == 0:
             raise UserError(
                 f"the train split of {self.dataset_dir} has {len(dataset)} image(s) for {num_replicas} "
-                "device(s) (train holds normal images only): add normal images or lower "
-                "data.split.val_fraction/test_fraction"
+                "device(s) (train holds normal images only): use fewer devices (trainer.devices=1), add "
+                "normal images, or lower data.split.val_fraction/test_fraction"
             )
         sampler = ResumableShuffleSampler(
             dataset, batch_size=self.batch_size, seed=self.shuffle_seed, num_replicas=num_replicas, rank=rank

@@ -109,12 +109,16 @@ def decode_films(root: Path, rows: pd.DataFrame, resolution: int, resize: bool) 
         found = ", ".join(f"{h}x{w}" for h, w in sorted(shapes))
         raise UserError(
             f"prepared images in {root} are {found} but data.resolution={resolution}: "
-            f"prepare again with data.resolution={resolution}, or set data.loader.resize=true"
+            f"prepare again with data.resolution={resolution} (into another folder, or with "
+            "prepare.overwrite=true), or set data.loader.resize=true"
         )
     for i, (image, mask, lesion) in enumerate(zip(images, masks, lesions)):
         assert image is not None and mask is not None
         if mask.shape != image.shape or (lesion is not None and lesion.shape != image.shape):
-            raise UserError(f"mask size differs from image size for image {rows['image_id'].iloc[i]}")
+            raise UserError(
+                f"mask size differs from image size for image {rows['image_id'].iloc[i]}: prepare "
+                "again with prepare.overwrite=true"
+            )
     filled = [np.zeros_like(image) if lesion is None else lesion for image, lesion in zip(images, lesions)]
     if not shapes - {target}:
         stacked = np.stack(images), np.stack(masks), np.stack(filled)

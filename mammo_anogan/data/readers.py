@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from mammo_anogan.data.dicom_io import load_dicom
+from mammo_anogan.data.dicom_io import dicom_patient_key, load_dicom, read_header
 from mammo_anogan.data.preprocess import (
     LATERALITY_UNKNOWN,
     RawImage,
@@ -106,6 +106,25 @@ def normalise_label(value: str) -> str:
     return text
 
 
+def apply_default_label(items: Iterator[InputItem], label: str | None) -> Iterator[InputItem]:
+    """``data.label``: give ``label`` to every listed film that has none (``unknown``).
+
+    For the common case of a folder of normal screening exams without a labels CSV. Films labelled
+    by a labels CSV or the reader (mini-MIAS ``Info.txt``) keep their label; ``None`` changes nothing.
+    """
+    if label is None or str(label).strip() == "":
+        yield from items
+        return
+    try:
+        default = normalise_label(str(label))
+    except RejectedInput:
+        raise UserError(f"data.label={label!r} is not allowed; use one of {', '.join(LABELS)}") from None
+    for item in items:
+        if item.label == "unknown" and item.reject_reason is None:
+            item.label = default
+        yield item
+
+
 def _kind_of(path: Path) -> str:
     return "image" if path.suffix.lower() in _IMAGE_SUFFIXES else "dicom"
 
@@ -128,13 +147,19 @@ def _walk_files(root: Path) -> Iterator[Path]:
 def read_labels_csv(csv_path: Path, source: Path) -> list[dict[str, str]]:
     """Rows of a labels CSV (``path`` and ``label`` required); a missing/malformed CSV is a UserError."""
     if not csv_path.is_file():
-        raise UserError(f"labels CSV not found: {csv_path}")
+        raise UserError(
+            f"labels CSV not found: {csv_path}; set data.labels_csv=<CSV with columns path,label> (paths "
+            "relative to data.source)"
+        )
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = {c.strip() for c in reader.fieldnames or []}
         missing = {"path", "label"} - columns
         if missing:
-            raise UserError(f"labels CSV {csv_path.name} lacks column(s) {', '.join(sorted(missing))}")
+            raise UserError(
+                f"labels CSV {csv_path.name} lacks column(s) {', '.join(sorted(missing))}: its header must "
+                "name path and label (optional: patient_id, laterality, view, lesion_mask)"
+            )
         return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
 
 
@@ -319,6 +344,24 @@ def _raw_from_image(pixels: np.ndarray) -> RawImage:
     return RawImage(pixels, domain)
 
 
+def fallback_patient_key(item: InputItem) -> str:
+    """No patient id in the CSV or header: one folder per patient is the common layout."""
+    parent = Path(item.relpath).parent.as_posix()
+    return f"folder:{parent}" if parent != "." else f"file:{item.relpath}"
+
+
+def raw_patient_key(item: InputItem) -> str:
+    """The raw patient key :func:`load_item` gives ``item``, reading only the DICOM header if needed.
+
+    Used to re-derive the key of films prepared earlier (a resumed prepare, a new split). It is a raw
+    identifier: hash it, never write it. Raises :class:`RejectedInput` when the header is unreadable.
+    """
+    key = item.patient_key
+    if key is None and item.kind == "dicom":
+        key = dicom_patient_key(read_header(Path(item.path)))
+    return key or fallback_patient_key(item)
+
+
 def load_item(
     item: InputItem, modalities: list[str], max_pixels: int, views: list[str] | None
 ) -> LoadedInput:
@@ -341,9 +384,7 @@ def load_item(
         raw.view = item.view
     if views is not None and raw.view not in views:
         raise RejectedInput(f"view {raw.view} not in [{', '.join(views)}]")
-    if patient_key is None:  # no PatientID: one folder per patient is the common layout
-        parent = Path(item.relpath).parent.as_posix()
-        patient_key = f"folder:{parent}" if parent != "." else f"file:{item.relpath}"
+    patient_key = patient_key or fallback_patient_key(item)
     circles = None
     if item.lesion_circles:
         circles = np.asarray(item.lesion_circles, dtype=np.float64)

@@ -287,7 +287,8 @@ def open_store(
     if resized and not resize:
         raise UserError(
             f"prepared images in {dataset_dir} are not {resolution}x{resolution} but data.resolution="
-            f"{resolution}: prepare again with data.resolution={resolution}, or set data.loader.resize=true"
+            f"{resolution}: prepare again with data.resolution={resolution} (into another folder, or with "
+            "prepare.overwrite=true), or set data.loader.resize=true"
         )
     try:
         store = PackedStore(path)

@@ -252,7 +252,8 @@ class StyleGAN2Module(LightningModule):
         if self.G.img_resolution != self.D.config["img_resolution"]:
             raise ConfigError(
                 f"model.generator.img_resolution={self.G.img_resolution} differs from "
-                f"model.discriminator.img_resolution={self.D.config['img_resolution']}"
+                f"model.discriminator.img_resolution={self.D.config['img_resolution']}: leave both at their "
+                "default ${data.resolution}"
             )
         self.G_ema = copy.deepcopy(self.G).eval()
         _requires_grad(self.G_ema, False)
@@ -367,8 +368,9 @@ class StyleGAN2Module(LightningModule):
         strategy_model = getattr(self.trainer.strategy, "model", None)
         if isinstance(strategy_model, nn.parallel.DistributedDataParallel):
             raise ConfigError(
-                "StyleGAN2Module synchronises gradients itself: use trainer=ddp "
-                "(mammo_anogan.train.GradientSyncDDPStrategy), not Lightning's plain 'ddp' strategy"
+                "StyleGAN2Module synchronises gradients itself and cannot run under Lightning's plain DDP: "
+                "use trainer.devices=1 for one process, or trainer=ddp (mammo_anogan.train."
+                "GradientSyncDDPStrategy; add trainer.accelerator=cpu on a CPU) for several"
             )
         precision = str(self.trainer.precision)
         if precision.startswith("16"):

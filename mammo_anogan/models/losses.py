@@ -73,12 +73,10 @@ def resolve_r1_gamma(value: float | str, resolution: int, global_batch_size: int
         try:
             value = float(key)
         except ValueError:
-            raise ConfigError(
-                f"model.loss.r1_gamma={value!r}: use a number >= 0, 'preset' or 'auto'"
-            ) from None
+            raise ConfigError(f"model.r1_gamma={value!r}: use a number >= 0, 'preset' or 'auto'") from None
     gamma = float(value)
     if gamma < 0 or not math.isfinite(gamma):
-        raise ConfigError(f"model.loss.r1_gamma={value!r}: must be a finite number >= 0")
+        raise ConfigError(f"model.r1_gamma={value!r}: must be a finite number >= 0")
     return gamma
 
 

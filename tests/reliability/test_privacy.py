@@ -17,6 +17,8 @@ from dicom_fixtures import make_dataset, phantom
 from omegaconf import OmegaConf
 from reliability_helpers import TINY_TRAIN, run_entry
 
+from mammo_anogan.data.splits import _rank_key, split_token
+
 N_NORMAL, N_ABNORMAL = 6, 4
 
 
@@ -133,6 +135,14 @@ def test_prepare_outputs_hold_no_identifier(marked: dict[str, object], figures: 
     assert find_markers(folders, markers) == {}
     console = str(marked["prepare_output"])
     assert [m for m in markers if m in console] == []
+    # The salt-independent split ranks patients by unsalted hashes of their raw ids: in memory only.
+    unsalted = set()
+    for patient in range(N_NORMAL + N_ABNORMAL):
+        token = split_token(f"MRKPID{patient:03d}")
+        rank = _rank_key(token, 0)
+        unsalted |= {token, token[:16], rank, rank[:16]}
+    assert find_markers(folders, unsalted) == {}
+    assert [h for h in unsalted if h in console] == []
     figures["privacy_markers_planted"] = len(markers)
     figures["privacy_files_searched_prepare"] += _files_in(folders)
     figures["privacy_marker_hits"] += 0
