@@ -302,7 +302,7 @@ def test_a_resumed_prepare_with_other_settings(raw: Path, tmp_path: Path) -> Non
     out = tmp_path / "out"
     prepare_dataset(folder_prepare(raw, out))
     bad = folder_prepare(raw, out, "data.preprocess.mask_method=otsu")
-    message = "use prepare.overwrite=true or another prepare.out_dir"
+    message = "use prepare.overwrite=true (discards it) or another prepare.out_dir"
     _fails_then_passes(
         prepare_dataset,
         bad,
@@ -418,7 +418,7 @@ def test_images_at_another_resolution(raw: Path, prepared: Path, tmp_path: Path)
     other = tmp_path / "at64"  # fix 2: prepare at 64 px into another folder
     prepare_dataset(folder_prepare(raw, other, "data.resolution=64"))
     MammoDataModule(other, 64, 2).setup()
-    with pytest.raises(UserError, match="different data.resolution"):  # same folder: needs overwrite
+    with pytest.raises(UserError, match=re_escape("different settings: data.resolution=32 (now 64)")):  # same folder: needs overwrite
         prepare_dataset(folder_prepare(raw, prepared, "data.resolution=64"))
     prepare_dataset(folder_prepare(raw, prepared, "data.resolution=64", OVERWRITE))
     MammoDataModule(prepared, 64, 2).setup()

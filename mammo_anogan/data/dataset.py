@@ -99,6 +99,9 @@ def decode_films(root: Path, rows: pd.DataFrame, resolution: int, resize: bool) 
     on the left) only when ``resize`` is true; otherwise that is a one-line UserError, since silently
     training at another resolution than the one prepared is a mistake.
     """
+    if len(rows) == 0:  # an empty split (e.g. no normal film for train): the caller explains why
+        empty = np.zeros((0, resolution, resolution), np.uint8)
+        return DecodedFilms(empty, empty.copy(), empty.copy(), False)
     lesion_column = rows["lesion_mask_path"] if "lesion_mask_path" in rows else pd.Series([""] * len(rows))
     images = decode_all([root / p for p in rows["image_path"]])
     masks = decode_all([root / p for p in rows["mask_path"]])
