@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "prepare_config.yaml"
 READERS = ("dicom", "mias", "folder", "synthetic")
 # Settings whose change makes earlier outputs in the same folder invalid (checked on resume).
-_COMPATIBILITY_KEYS = ("reader", "source", "resolution", "views", "preprocess")
+_COMPATIBILITY_KEYS = ("reader", "source", "resolution", "views", "preprocess", "synthetic")
 
 
 @dataclass(frozen=True)
@@ -238,10 +238,10 @@ def list_inputs(data_cfg: DictConfig) -> Iterator[InputItem]:
     source = Path(str(data_cfg.source)).expanduser()
     labels_csv = data_cfg.get("labels_csv")
     if reader == "synthetic":
-        if not (source / "labels.csv").is_file():
-            from mammo_anogan.data.synthetic import generate_dataset
+        from mammo_anogan.data.synthetic import generate_dataset
 
-            generate_dataset(source, **OmegaConf.to_container(data_cfg.synthetic, resolve=True))
+        # idempotent: a no-op when the folder holds these phantoms, regenerated when the settings changed
+        generate_dataset(source, **OmegaConf.to_container(data_cfg.synthetic, resolve=True))
         return list_folder_inputs(source, source / "labels.csv")
     if reader == "mias":
         return list_mias_inputs(source)
