@@ -24,6 +24,7 @@ FAST = [
     "+experiment=demo",
     "~callbacks",
     "~logger",
+    "data.resolution=32",
     "data.loader.batch_size=4",
     "model.total_kimg=0.012",  # 3 minibatches of 4
     "checkpoint.every_n_kimg=0.008",
@@ -102,6 +103,7 @@ def test_cli_demo_and_one_line_error(dataset_dir: Path, tmp_path: Path) -> None:
         + [
             "+experiment=demo",
             f"data.dataset_dir={dataset_dir}",
+            "data.resolution=32",
             "data.loader.batch_size=4",
             "model.total_kimg=0.04",
             "~logger",
