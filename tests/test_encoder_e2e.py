@@ -162,3 +162,14 @@ def test_encoder_of_another_generator_is_refused(workspace, tmp_path) -> None:
     )  # fmt: skip
     with pytest.raises(UserError, match="needs encoder=PATH"):
         run_score(without, tmp_path / "run2")
+
+
+def test_resume_refuses_a_scores_csv_with_other_columns(tmp_path) -> None:
+    from mammo_anogan.anomaly.outputs import SCORES_FILE, ScoreWriter
+
+    (tmp_path / SCORES_FILE).write_text("image_id,split,label,score,score_mean_map\nabc,val,normal,0.1,0.1\n")
+    with pytest.raises(UserError, match="other columns"):
+        ScoreWriter(tmp_path)
+    fresh = tmp_path / "fresh"
+    ScoreWriter(fresh)  # a new run dir gets today's header, and appending to it again is fine
+    ScoreWriter(fresh)
