@@ -27,6 +27,7 @@ MISSING_VALUE = "???"
 RESOLUTIONS = tuple(2**k for k in range(3, 13))  # 8 .. 4096 px
 PROJECTION_LOSSES = ("lpips_vgg", "lpips_alex", "disc_features", "ms_ssim", "mse")
 PROJECTION_SPACES = ("w", "w_plus")
+PROJECTION_INITS = ("seeds", "encoder", "encoder+seeds")
 PIXEL_NORMS = ("l1", "l2")
 PRECISIONS = ("bf16", "fp32")
 ON_NONFINITE = ("stop", "skip")
@@ -85,6 +86,7 @@ class ProjectionSchema:
     space: str = "w"
     num_seeds: int = 9
     steps: int = 1000
+    init: str = "seeds"
     lr: float = 0.1
     lr_rampup: float = 0.05
     lr_rampdown: float = 0.25
@@ -217,8 +219,10 @@ def validate_projection(cfg: DictConfig) -> DictConfig:
     _choice("projection.space", projection.space, PROJECTION_SPACES)
     _choice("projection.pixel_norm", projection.pixel_norm, PIXEL_NORMS)
     _choice("projection.precision", projection.precision, PRECISIONS)
-    for key in ("num_seeds", "steps", "batch_images", "w_std_samples"):
+    _choice("projection.init", projection.init, PROJECTION_INITS)
+    for key in ("num_seeds", "batch_images", "w_std_samples"):
         _at_least(f"projection.{key}", projection[key], 1)
+    _at_least("projection.steps", projection.steps, 1 if projection.init == "seeds" else 0)
     _at_least("projection.max_restarts", projection.max_restarts, 0)
     _at_least("projection.pixel_weight", projection.pixel_weight, 0)
     if projection.lr <= 0:

@@ -270,10 +270,10 @@ def list_inputs(data_cfg: DictConfig) -> Iterator[InputItem]:
 
 def _reader_items(reader: str, source: Path, labels_csv: Any, data_cfg: DictConfig) -> Iterator[InputItem]:
     if reader == "synthetic":
-        if not (source / "labels.csv").is_file():
-            from mammo_anogan.data.synthetic import generate_dataset
+        from mammo_anogan.data.synthetic import generate_dataset
 
-            generate_dataset(source, **OmegaConf.to_container(data_cfg.synthetic, resolve=True))
+        # idempotent: a no-op when the folder holds these phantoms, regenerated when the settings changed
+        generate_dataset(source, **OmegaConf.to_container(data_cfg.synthetic, resolve=True))
         return list_folder_inputs(source, source / "labels.csv")
     if reader == "mias":
         return list_mias_inputs(source)

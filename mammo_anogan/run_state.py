@@ -284,6 +284,8 @@ def warn_if_new_run_overwrites(run_dir: Path, checkpoint_dir: str, ckpt_path: st
 PROJECTION_SPEED_ONLY = ("channels_last", "compile")
 #: ``projection.*`` keys of the loss (not ProjectionSettings fields).
 PROJECTION_LOSS_KEYS = ("loss", "pixel_weight", "pixel_norm", "lpips_resize")
+#: ``score.*`` keys of the lesion-sensitive scores (anomaly.map_scores.MapScoreSettings).
+MAP_SCORE_KEYS = ("smooth_sigma", "component_threshold", "edge_margin", "map_polarity")
 SCORES_ADVICE = (
     "score into another hydra.run.dir, or add score.resume=false to discard the scores in it and score again"
 )
@@ -307,6 +309,12 @@ def _projection_values(cfg: DictConfig, settings: Any) -> dict[str, Any]:
     values["discriminator"] = file_digest(discriminator_path(cfg)) if uses_d else None
     values["data.resolution"] = int(cfg.data.resolution)
     values["score.topk_percent"] = float(cfg.score.get("topk_percent", 1.0))
+    uses_encoder = str(getattr(settings, "init", "seeds")) != "seeds"
+    values["encoder"] = file_digest(str(cfg.encoder)) if uses_encoder and cfg.get("encoder") else None
+    if OmegaConf.select(cfg, "projection.refine.enabled", default=False):  # off: no refinement at all
+        values.update(config_values(cfg, ["projection.refine"]))
+    # The lesion-sensitive scores' settings (smoothing, component threshold, ...): every row stores them.
+    values.update(config_values(cfg, [f"score.{key}" for key in MAP_SCORE_KEYS]))
     return values
 
 

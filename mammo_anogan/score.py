@@ -22,6 +22,7 @@ from typing import Any
 import hydra  # noqa: I001
 import numpy as np
 import pandas as pd
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -30,6 +31,7 @@ from torch.utils.data import Subset
 
 import mammo_anogan.utils.config  # noqa: F401  (registers the OmegaConf resolvers first)
 from mammo_anogan.anomaly.losses import build_projection_loss
+from mammo_anogan.anomaly.map_scores import MAP_METHODS, MapScoreSettings, score_map, select_method
 from mammo_anogan.anomaly.module import ProjectionModule
 from mammo_anogan.anomaly.outputs import (
     SCORES_FILE,
@@ -42,6 +44,7 @@ from mammo_anogan.anomaly.outputs import (
     write_threshold,
 )
 from mammo_anogan.anomaly.projector import ProjectionSettings
+from mammo_anogan.anomaly.refine import RefineSettings
 from mammo_anogan.anomaly.scoring import SCORE_METHODS
 from mammo_anogan.config_schema import validate_score_config
 from mammo_anogan.run_state import check_threshold_record, score_start_checks, start_score_run_dir
@@ -119,6 +122,47 @@ def build_loss(cfg: DictConfig, lpips_net: nn.Module | None = None) -> nn.Module
     )
 
 
+def load_checked_encoder(cfg: DictConfig, generator: nn.Module, generator_hash: str) -> nn.Module | None:
+    """The encoder of ``projection.init=encoder|encoder+seeds`` (None for ``seeds``), checked to fit."""
+    from mammo_anogan.models.encoder import load_encoder
+
+    if str(cfg.projection.get("init", "seeds")) == "seeds":
+        return None
+    path = cfg.get("encoder")
+    if path in (None, "", "???"):
+        raise UserError(
+            f"projection.init={cfg.projection.init} needs encoder=PATH (an encoder.pt from "
+            "python -m mammo_anogan.train_encoder)"
+        )
+    encoder = load_encoder(path)
+    config = encoder.config
+    if (config["num_ws"], config["w_dim"], config["img_resolution"]) != (
+        generator.num_ws,
+        generator.w_dim,
+        generator.img_resolution,
+    ):
+        raise UserError(f"encoder {path} was built for another generator architecture than {cfg.generator}")
+    if config.get("generator_hash") and config["generator_hash"] != generator_hash:
+        raise UserError(
+            f"encoder {path} was trained for generator {config['generator_hash']}, not this one "
+            f"({generator_hash}): train an encoder for it (python -m mammo_anogan.train_encoder)"
+        )
+    return encoder
+
+
+def feature_distance_module(cfg: DictConfig) -> nn.Module | None:
+    """The discriminator-feature distance (score ``disc_features``) when ``discriminator.pt`` exists."""
+    from mammo_anogan.anomaly.losses import DiscFeatureLoss
+    from mammo_anogan.models.stylegan2.export import load_discriminator
+
+    path = Path(str(cfg.get("discriminator") or Path(str(cfg.generator)).with_name("discriminator.pt")))
+    if not path.is_file():
+        if cfg.score.method == "disc_features":
+            raise UserError(f"score.method=disc_features needs the discriminator: no file at {path}")
+        return None
+    return DiscFeatureLoss(load_discriminator(path))
+
+
 def check_score_config(score_cfg: Any) -> None:
     if score_cfg.method not in SCORE_METHODS:
         raise ConfigError(f"score.method must be one of {', '.join(SCORE_METHODS)}, got {score_cfg.method!r}")
@@ -126,6 +170,9 @@ def check_score_config(score_cfg: Any) -> None:
         raise ConfigError(
             f"score.comparison must be one of {', '.join(COMPARISONS)}, got {score_cfg.comparison!r}"
         )
+    if score_cfg.method == "auto" and "val" not in score_cfg.splits and not score_cfg.get("threshold_from"):
+        raise ConfigError("score.method=auto picks the score on validation: score.splits must include val")
+    MapScoreSettings.from_config(score_cfg)  # one-line ConfigError for a bad lesion-score key
     unknown = [split for split in score_cfg.splits if split not in ("train", "val", "test")]
     if unknown or not score_cfg.splits:
         raise ConfigError(
@@ -214,14 +261,24 @@ def read_scores(run_dir: Path, method: str | None = None) -> pd.DataFrame:
     return frame.drop_duplicates(subset=["split", "image_id"], keep="last").reset_index(drop=True)
 
 
-def _localization(run_dir: Path, test: pd.DataFrame) -> dict[str, float]:
+def display_map(arrays: dict[str, np.ndarray], cfg: DictConfig) -> np.ndarray:
+    """The map a method reads, ``[C, H, W]``: ``|difference|`` for the paper's scores, the smoothed,
+    polarised map inside the (eroded) breast for the lesion-sensitive ones (where they look)."""
+    if str(cfg.score.method) not in MAP_METHODS:
+        return arrays["abs_map"]
+    signed = torch.from_numpy(arrays["signed_map"].astype(np.float32))[None]
+    mask = torch.from_numpy(arrays["mask"].astype(np.float32))[None]
+    return score_map(signed, mask, MapScoreSettings.from_config(cfg.score))[0].numpy()
+
+
+def _localization(run_dir: Path, test: pd.DataFrame, cfg: DictConfig) -> dict[str, float]:
     from mammo_anogan.evaluation.localization import hit_rate, pixel_auroc
 
     maps, lesions, masks = [], [], []
     for split, image_id in zip(test["split"], test["image_id"]):  # the evaluated split, not always test
         arrays = load_image_arrays(map_path(run_dir, split, image_id))
         if "lesion_mask" in arrays and arrays["lesion_mask"].any():
-            maps.append(arrays["abs_map"][0])
+            maps.append(display_map(arrays, cfg)[0])
             lesions.append(arrays["lesion_mask"][0])
             masks.append(arrays["mask"][0])
     if not maps:
@@ -262,10 +319,12 @@ def evaluate_run(
         metrics = evaluate_scores(test.y, test.score, threshold=None, **boot)
         metrics["optimistic"] = True
         metrics["optimistic_in_sample"] = {**metrics, "note": "in-sample Youden threshold; optimistic"}
-    metrics.update(_localization(run_dir, test))
+    metrics.update(_localization(run_dir, test, cfg))
     reasons = Counter(item["reason"] for item in excluded)
     metrics.update(
         num_seeds=int(cfg.projection.num_seeds),
+        init=str(cfg.projection.get("init", "seeds")),
+        refine=bool(OmegaConf.select(cfg, "projection.refine.enabled", default=False)),
         loss=str(cfg.projection.loss),
         steps=int(cfg.projection.steps),
         space=str(cfg.projection.space),
@@ -302,7 +361,7 @@ def write_figures(run_dir: Path, metrics: dict[str, Any], cfg: DictConfig) -> li
                     {
                         "image": arrays["image"],
                         "projection": arrays["mean_projection"],
-                        "difference": arrays["abs_map"],
+                        "difference": display_map(arrays, cfg),
                         "mask": arrays["mask"],
                         "lesion_mask": arrays.get("lesion_mask"),
                         "case_type": case_type,
@@ -310,8 +369,9 @@ def write_figures(run_dir: Path, metrics: dict[str, Any], cfg: DictConfig) -> li
                     }
                 )
         if cases:
+            shown = "|difference|" if str(cfg.score.method) not in MAP_METHODS else "smoothed difference"
             paths.append(
-                plot_case_panels(cases, run_dir / "cases.png", title="image | mean projection | |difference|")
+                plot_case_panels(cases, run_dir / "cases.png", title=f"image | mean projection | {shown}")
             )
     except UserError as err:
         log.warning("figures skipped: %s", err)
@@ -365,12 +425,16 @@ def run_score(
     settings = projection_settings(cfg.projection)
     generator = load_checked_generator(cfg)  # every check that can fail runs before any projection
     generator_hash = file_hash(cfg.generator)
+    encoder = load_checked_encoder(cfg, generator, generator_hash)
+    refine = RefineSettings.from_config(OmegaConf.select(cfg, "projection.refine", default=None))
     fingerprints = score_start_checks(cfg, run_dir, settings)  # never resume into other settings' scores
     threshold_record = None
     if cfg.score.threshold_from:
-        threshold_record = read_threshold(cfg.score.threshold_from, generator_hash, str(cfg.score.method))
+        requested = None if cfg.score.method == "auto" else str(cfg.score.method)  # auto: the recorded pick
+        threshold_record = read_threshold(cfg.score.threshold_from, generator_hash, requested)
         check_threshold_record(threshold_record, fingerprints.threshold, str(cfg.score.threshold_from))
     loss_fn = build_loss(cfg, lpips_net)
+    feature_distance = feature_distance_module(cfg)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # all checks passed; no row or map yet
         remove_stale_temp_files(run_dir)  # left by a kill during an atomic write of a resumed run
         start_score_run_dir(run_dir, fingerprints.scores, bool(cfg.score.resume))  # fingerprint.json
@@ -384,7 +448,15 @@ def run_score(
     datamodule.setup("predict")  # val + test only; read from the packed store when there is one
 
     module = ProjectionModule(
-        generator, loss_fn, settings, str(cfg.score.method), float(cfg.score.topk_percent)
+        generator,
+        loss_fn,
+        settings,
+        str(cfg.score.method),
+        float(cfg.score.topk_percent),
+        encoder=encoder,
+        map_settings=MapScoreSettings.from_config(cfg.score),
+        refine=refine,
+        feature_distance=feature_distance,
     )
     writer = ScoreWriter(run_dir, save_projections=bool(cfg.score.save_projections))
     preemption = PredictionPreemption()
@@ -410,8 +482,11 @@ def run_score(
     if not trainer.is_global_zero:
         return {}
 
+    cfg, selection = resolve_score_method(run_dir, cfg, threshold_record)
     metrics = evaluate_run(run_dir, cfg, generator_hash, threshold_record)
     metrics["split_fingerprint"] = fingerprint.get("digest")  # compare with another lab's run
+    metrics.update(selection)
+    metrics.update(oracle_metrics(cfg, threshold_record))
     write_metrics_json(run_dir / "metrics.json", metrics)
     if threshold_record is None:
         write_threshold(
@@ -421,6 +496,8 @@ def run_score(
                 "threshold_source": metrics["threshold_source"],
                 "generator_hash": generator_hash,
                 "score_method": str(cfg.score.method),
+                **({"score_method_requested": "auto"} if selection else {}),
+                "init": settings.init,
                 "num_seeds": settings.num_seeds,
                 "loss": str(cfg.projection.loss),
                 "steps": settings.steps,
@@ -436,6 +513,53 @@ def run_score(
         metrics["threshold_source"], run_dir,
     )  # fmt: skip
     return metrics
+
+
+def resolve_score_method(
+    run_dir: Path, cfg: DictConfig, threshold_record: dict[str, Any] | None
+) -> tuple[DictConfig, dict[str, Any]]:
+    """``score.method=auto``: the method with the best *validation* AUC (test is never looked at).
+
+    Returns the config with ``score.method`` set to the pick and the record of the choice
+    (``score_method_requested``, ``auto_validation_auc`` per candidate) for metrics.json; a reused
+    threshold (``score.threshold_from``) brings its own method. Other methods pass through unchanged.
+    """
+    if str(cfg.score.method) != "auto":
+        return cfg, {}
+    cfg = cfg.copy()
+    if threshold_record is not None and threshold_record.get("score_method") not in (None, "auto"):
+        cfg.score.method = str(threshold_record["score_method"])
+        return cfg, {"score_method_requested": "auto", "auto_choice_from": "threshold_from"}
+    frame = read_scores(run_dir)
+    kept, _ = _labelled(frame, str(cfg.score.comparison))
+    val = kept[kept.split == "val"]
+    columns = {
+        name[len("score_") :]: pd.to_numeric(val[name], errors="coerce").to_numpy()
+        for name in val.columns
+        if name.startswith("score_")
+    }
+    chosen, aucs = select_method(val.y.to_numpy(), columns)
+    cfg.score.method = chosen
+    log.info("score.method=auto picked %s on validation (AUC %s)", chosen, aucs)
+    return cfg, {"score_method_requested": "auto", "auto_validation_auc": aucs}
+
+
+def oracle_metrics(cfg: DictConfig, threshold_record: dict[str, Any] | None) -> dict[str, Any]:
+    """``metrics["oracle"]``: the same evaluation on ``|image - lesion-free twin|`` (synthetic data).
+
+    The ceiling of the score pipeline with a perfect reconstruction of the normal anatomy; only
+    phantoms generated with ``lesion_free_twins`` have it (``score.oracle=auto``), skipped otherwise.
+    """
+    mode = str(cfg.score.get("oracle", "auto")).lower()
+    if mode == "false":
+        return {}
+    from mammo_anogan.evaluation.oracle import evaluate_oracle, has_twins
+
+    if not has_twins(cfg.data):
+        if mode == "true":
+            raise UserError("score.oracle=true needs synthetic data generated with lesion_free_twins=true")
+        return {}
+    return {"oracle": evaluate_oracle(cfg)}
 
 
 class AggregateTableCallback(Callback):

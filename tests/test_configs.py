@@ -58,8 +58,10 @@ def test_paper_and_demo_settings() -> None:
     assert mias.data.reader == "mias" and mias.data.resolution == 256 and mias.model.ada.enabled is True
     assert mias.data.loader.batch_size == 16
     demo = compose_train(["+experiment=demo"])
-    assert demo.data.resolution == demo.model.generator.img_resolution == 32
+    assert demo.data.resolution == demo.model.generator.img_resolution == 64
     assert demo.model.generator.mapping_layers == 2 and demo.trainer.accelerator == "cpu"
+    assert demo.data.name == "demo" and demo.data.synthetic.lesion_free_twins is True
+    assert demo.projection.init == "encoder" and demo.score.method == "auto"
     # Defaults: Adam betas as floats, lazy intervals, ADA auto.
     base = compose_train([])
     assert OmegaConf.to_container(base.model.optimizer.betas) == [0.0, 0.99]
@@ -73,7 +75,7 @@ def test_multirun_and_optuna_search_compose() -> None:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
             config_name="train",
-            overrides=missing_group_overrides() + ["+experiment=demo", "hparams_search=optuna"],
+            overrides=missing_group_overrides() + ["+experiment=tiny", "hparams_search=optuna"],
             return_hydra_config=True,
         )
     assert cfg.optimized_metric == "fidelity/frd"

@@ -164,8 +164,8 @@ VALIDATOR_CASES = [
 def base_configs(dataset32: Path, generator_file: Path, raw: Path) -> dict[str, DictConfig]:
     common = [f"data.dataset_dir={dataset32}", "data.resolution=32"]
     return {
-        "train": _compose("train", ["+experiment=demo", *common]),
-        "score": _compose("score", ["+experiment=demo", *common, f"generator={generator_file}"]),
+        "train": _compose("train", ["+experiment=tiny", *common]),
+        "score": _compose("score", ["+experiment=tiny", *common, f"generator={generator_file}"]),
         "prepare": folder_prepare(raw, dataset32.parent / "unused"),
     }
 
@@ -320,7 +320,7 @@ def test_no_prepared_dataset_yet(raw: Path, tmp_path: Path) -> None:
 
     out = tmp_path / "data" / "prepared"
     data = ["data=folder", f"data.source={raw}", "data.resolution=32", f"paths.data_dir={tmp_path / 'data'}"]
-    train_cfg = _compose("train", ["+experiment=demo", *data])
+    train_cfg = _compose("train", ["+experiment=tiny", *data])
     dataset = Path(str(train_cfg.data.dataset_dir))
     assert dataset.parent == out
     with pytest.raises(
@@ -331,7 +331,7 @@ def test_no_prepared_dataset_yet(raw: Path, tmp_path: Path) -> None:
         ensure_splits(dataset)
     with pytest.raises(UserError, match=r"run `python -m mammo_anogan.prepare data=\.\.\.` first"):
         MammoDataModule.from_config(train_cfg.data).setup()
-    score_cfg = _compose("score", ["+experiment=demo", *data, f"generator={raw / 'labels.csv'}"])
+    score_cfg = _compose("score", ["+experiment=tiny", *data, f"generator={raw / 'labels.csv'}"])
     with pytest.raises(ConfigError, match="run python -m mammo_anogan.prepare with the same data"):
         validate_score_config(score_cfg)
     # The fix: prepare with the same data.* settings (prepare.out_dir defaults to data.dataset_dir).
@@ -418,7 +418,8 @@ def test_images_at_another_resolution(raw: Path, prepared: Path, tmp_path: Path)
     other = tmp_path / "at64"  # fix 2: prepare at 64 px into another folder
     prepare_dataset(folder_prepare(raw, other, "data.resolution=64"))
     MammoDataModule(other, 64, 2).setup()
-    with pytest.raises(UserError, match=re_escape("different settings: data.resolution=32 (now 64)")):  # same folder: needs overwrite
+    same_folder = re_escape("different settings: data.resolution=32 (now 64)")  # needs overwrite
+    with pytest.raises(UserError, match=same_folder):
         prepare_dataset(folder_prepare(raw, prepared, "data.resolution=64"))
     prepare_dataset(folder_prepare(raw, prepared, "data.resolution=64", OVERWRITE))
     MammoDataModule(prepared, 64, 2).setup()
@@ -549,7 +550,7 @@ def test_resume_from_a_run_dir_without_checkpoint(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def demo_train(dataset32: Path) -> DictConfig:
-    return _compose("train", ["+experiment=demo", f"data.dataset_dir={dataset32}", "logger=none"])
+    return _compose("train", ["+experiment=tiny", f"data.dataset_dir={dataset32}", "logger=none"])
 
 
 CALLBACK_CASES = [
@@ -738,7 +739,7 @@ def test_projection_settings_and_losses(generator_file: Path, tmp_path: Path) ->
 
     for kwargs, named, fixed in (
         ({"space": "z"}, "projection.space must be w or w_plus", {"space": "w"}),
-        ({"num_seeds": 0}, "projection.num_seeds and projection.steps must be >= 1", {"num_seeds": 1}),
+        ({"num_seeds": 0}, "projection.num_seeds must be >= 1 and projection.steps >= 1", {"num_seeds": 1}),
         ({"precision": "fp16"}, "projection.precision must be bf16 or fp32", {"precision": "fp32"}),
     ):
         with pytest.raises(ConfigError, match=re_escape(named)):

@@ -173,7 +173,7 @@ def test_a_tiny_demo_on_two_salts_gives_identical_figures(two_salts: dict[str, P
 
     def composed(config_name: str, overrides: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose(config_name=config_name, overrides=["+experiment=demo", "logger=none", *overrides])
+            return compose(config_name=config_name, overrides=["+experiment=tiny", "logger=none", *overrides])
 
     results = []
     for salt in SALTS:

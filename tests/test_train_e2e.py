@@ -21,9 +21,10 @@ from mammo_anogan.utils.config import CONFIG_DIR, PROJECT_ROOT
 from mammo_anogan.utils.errors import UserError
 
 FAST = [
-    "+experiment=demo",
+    "+experiment=tiny",
     "~callbacks",
     "~logger",
+    "data.resolution=32",
     "data.loader.batch_size=4",
     "model.total_kimg=0.012",  # 3 minibatches of 4
     "checkpoint.every_n_kimg=0.008",
@@ -100,8 +101,9 @@ def test_cli_demo_and_one_line_error(dataset_dir: Path, tmp_path: Path) -> None:
     done = subprocess.run(
         base
         + [
-            "+experiment=demo",
+            "+experiment=tiny",
             f"data.dataset_dir={dataset_dir}",
+            "data.resolution=32",
             "data.loader.batch_size=4",
             "model.total_kimg=0.04",
             "~logger",

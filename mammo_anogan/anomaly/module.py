@@ -8,6 +8,11 @@ killed run loses at most one batch.
 
 The trainer must be built with ``inference_mode=False``: the projection needs gradients, which
 ``torch.inference_mode`` would forbid even inside ``torch.enable_grad()``.
+
+With an encoder (``projection.init=encoder|encoder+seeds``) each batch is first encoded to W+ codes
+that start the projection (``projection.steps=0``: f-AnoGAN's one-pass reconstruction ``G(E(x))``);
+``projection.refine`` then runs the anomaly-preserving noise refinement (:mod:`.refine`) on every
+start before the maps are built.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ import torch
 from pytorch_lightning import LightningModule
 from torch import nn
 
+from mammo_anogan.anomaly.map_scores import MapScoreSettings
 from mammo_anogan.anomaly.outputs import ImageResult
-from mammo_anogan.anomaly.projector import ProjectionSettings, Projector
+from mammo_anogan.anomaly.projector import ProjectionResult, ProjectionSettings, Projector
+from mammo_anogan.anomaly.refine import RefineSettings, refine_noise
 from mammo_anogan.anomaly.scoring import EMPTY_MASK_NOTE, all_map_scores, difference_maps, score_images
 
 
@@ -35,6 +42,10 @@ class ProjectionModule(LightningModule):
         score_method: str = "mean_map",
         topk_percent: float = 1.0,
         split: str = "test",
+        encoder: nn.Module | None = None,
+        map_settings: MapScoreSettings | None = None,
+        refine: RefineSettings | None = None,
+        feature_distance: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.generator = generator.eval().requires_grad_(False)
@@ -43,6 +54,15 @@ class ProjectionModule(LightningModule):
         self.score_method = score_method
         self.topk_percent = float(topk_percent)
         self.split = split  # recorded with every result; set before each trainer.predict call
+        if settings.init != "seeds" and encoder is None:
+            raise ValueError(f"projection.init={settings.init} needs an encoder")
+        self.encoder = encoder.eval().requires_grad_(False) if encoder is not None else None
+        self.map_settings = map_settings or MapScoreSettings(topk_percent=self.topk_percent)
+        self.refine = refine if refine is not None and refine.enabled else None
+        # discriminator-feature distance of image vs mean projection (score disc_features), if given
+        self.feature_distance = (
+            feature_distance.eval().requires_grad_(False) if feature_distance is not None else None
+        )
         self._projector: Projector | None = None
 
     @property
@@ -53,7 +73,24 @@ class ProjectionModule(LightningModule):
         return self._projector
 
     def forward(self, images: torch.Tensor) -> Any:
-        return self.projector.project(images)
+        return self.reconstruct(images)
+
+    def reconstruct(self, images: torch.Tensor) -> ProjectionResult:
+        """Encoder start (if any) -> latent projection -> optional anomaly-preserving refinement."""
+        start_ws = None
+        if self.encoder is not None and self.settings.init != "seeds":
+            with torch.no_grad():
+                start_ws = self.encoder(images).float()
+        result = self.projector.project(images, start_ws)
+        if self.refine is not None:
+            batch, n = result.projections.shape[:2]
+            flat = result.projections.flatten(0, 1).to(images.device)
+            targets = images.repeat_interleave(n, dim=0)
+            refined, _ = refine_noise(
+                self.generator, result.latents.flatten(0, 1).to(images.device), targets, flat, self.refine
+            )
+            result.projections = refined.reshape(batch, n, *refined.shape[1:]).to(result.projections)
+        return result
 
     def predict_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
@@ -61,14 +98,21 @@ class ProjectionModule(LightningModule):
         start = time.perf_counter()
         images = batch["image"].to(self.device, torch.float32)
         masks = batch["mask"].to(self.device, torch.float32)
-        result = self.projector.project(images)
+        result = self.reconstruct(images)
         maps = difference_maps(images, result.projections, result.losses.to(self.device), result.valid)
-        perceptual = None
-        if self.score_method == "perceptual":
-            with torch.no_grad():
+        perceptual = features = None
+        with torch.no_grad():
+            if self.score_method == "perceptual":
                 perceptual = self.loss_fn(maps.mean_projection.nan_to_num(), images).float()
-        scores = score_images(maps, masks, self.score_method, self.topk_percent, perceptual)
-        extra = {key: value.cpu() for key, value in all_map_scores(maps, masks, self.topk_percent).items()}
+            if self.feature_distance is not None:
+                features = self.feature_distance(maps.mean_projection.nan_to_num(), images).float()
+        scores = score_images(
+            maps, masks, self.score_method, self.topk_percent, perceptual, self.map_settings, features
+        )
+        extra = all_map_scores(maps, masks, self.topk_percent, self.map_settings)
+        if features is not None:
+            extra["score_disc_features"] = torch.where(torch.isnan(scores), torch.nan, features)
+        extra = {key: value.cpu() for key, value in extra.items()}
         seconds = (time.perf_counter() - start) / images.shape[0]
         empty = (masks > 0.5).flatten(1).sum(dim=1) == 0
         return [

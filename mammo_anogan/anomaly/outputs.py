@@ -32,7 +32,15 @@ from mammo_anogan.utils.io import AppendOnlyCsv, atomic_write_bytes, atomic_writ
 SCORES_FILE = "scores.csv"
 THRESHOLD_FILE = "threshold.json"
 MAPS_DIR = "maps"
-EXTRA_SCORE_COLUMNS = ("score_mean_map", "score_best_map", "score_topk")
+EXTRA_SCORE_COLUMNS = (
+    "score_mean_map",
+    "score_best_map",
+    "score_topk",
+    "score_smooth_max",
+    "score_smooth_topk",
+    "score_component",
+    "score_disc_features",
+)
 SCORE_COLUMNS = (
     "image_id",
     "split",
@@ -130,6 +138,7 @@ class ScoreWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.run_dir = Path(run_dir)
         self.save_projections = save_projections
+        _check_header(self.run_dir / SCORES_FILE)
         self.csv = AppendOnlyCsv(self.run_dir / SCORES_FILE, SCORE_COLUMNS)
 
     def write_on_batch_end(
@@ -147,6 +156,18 @@ class ScoreWriter(BasePredictionWriter):
                 map_path(self.run_dir, result.split, result.image_id), result, self.save_projections
             )
             self.csv.append(result.row())
+
+
+def _check_header(path: Path) -> None:
+    """A resumed run must append to a ``scores.csv`` with today's columns, not an older layout."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open(encoding="utf-8") as handle:
+        header = handle.readline().strip().split(",")
+    if header != list(SCORE_COLUMNS):
+        raise UserError(
+            f"{path} was written with other columns (an older version?): score into a new hydra.run.dir"
+        )
 
 
 def completed_image_ids(run_dir: str | os.PathLike[str], split: str) -> set[str]:
@@ -178,8 +199,13 @@ def write_threshold(run_dir: str | os.PathLike[str], record: dict[str, Any]) -> 
     )
 
 
-def read_threshold(path: str | os.PathLike[str], generator_hash: str, score_method: str) -> dict[str, Any]:
-    """Read a ``threshold.json`` (or a run dir holding one) and check it fits this generator and score."""
+def read_threshold(
+    path: str | os.PathLike[str], generator_hash: str, score_method: str | None
+) -> dict[str, Any]:
+    """Read a ``threshold.json`` (or a run dir holding one) and check it fits this generator and score.
+
+    ``score_method=None`` (``score.method=auto``) accepts the recorded method, which is then used.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / THRESHOLD_FILE
@@ -200,7 +226,7 @@ def read_threshold(path: str | os.PathLike[str], generator_hash: str, score_meth
             f"(hash {record.get('generator_hash')}, this one is {generator_hash}): point it at a run scored "
             "with this generator, or drop it (score.threshold_from=null) to fit the threshold on validation"
         )
-    if record.get("score_method") not in (None, score_method):
+    if score_method is not None and record.get("score_method") not in (None, score_method):
         raise UserError(
             f"score.threshold_from: {path} was fitted for score.method={record.get('score_method')}, "
             f"not {score_method}: pass score.method={record.get('score_method')}, or drop "

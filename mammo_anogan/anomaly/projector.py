@@ -34,6 +34,7 @@ from mammo_anogan.utils.errors import ConfigError
 from mammo_anogan.utils.torch_compat import supports_fused_adam
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+PROJECTION_INITS = ("seeds", "encoder", "encoder+seeds")
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,23 @@ class ProjectionSettings:
     precision: str = "bf16"  # generator forward on CUDA: "bf16" autocast or "fp32"
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the synthesis network
+    init: str = "seeds"  # starts: "seeds" (N seeded z) | "encoder" (E(x)) | "encoder+seeds" (E(x) + N seeds)
 
     def __post_init__(self) -> None:
         if self.space not in ("w", "w_plus"):
             raise ConfigError(f"projection.space must be w or w_plus, got {self.space!r}")
-        if self.num_seeds < 1 or self.steps < 1:
-            raise ConfigError("projection.num_seeds and projection.steps must be >= 1")
+        if self.init not in PROJECTION_INITS:
+            raise ConfigError(
+                f"projection.init must be one of {', '.join(PROJECTION_INITS)}, got {self.init!r}"
+            )
+        if self.init != "seeds" and self.space != "w_plus":
+            raise ConfigError(
+                f"projection.init={self.init} starts from W+ codes: set projection.space=w_plus"
+            )
+        if self.num_seeds < 1 or self.steps < (1 if self.init == "seeds" else 0):
+            raise ConfigError(
+                "projection.num_seeds must be >= 1 and projection.steps >= 1 (>= 0 with an encoder start)"
+            )
         if self.precision not in ("bf16", "fp32"):
             raise ConfigError(f"projection.precision must be bf16 or fp32, got {self.precision!r}")
 
@@ -241,6 +253,38 @@ def normalize_noise_(noises: list[torch.Tensor]) -> None:
         noise.mul_(noise.square().mean(dim=(1, 2, 3), keepdim=True).rsqrt())
 
 
+# ------------------------------------------------------------------------------------ start points
+
+
+def start_indices(settings: ProjectionSettings) -> torch.Tensor:
+    """The starts of every image: seed indices ``0..N-1``, ``-1`` for the encoder's code first."""
+    seeds = torch.arange(settings.num_seeds)
+    if settings.init == "seeds":
+        return seeds
+    if settings.init == "encoder":
+        return torch.tensor([-1])
+    return torch.cat([torch.tensor([-1]), seeds])
+
+
+def encoder_starts(
+    generator: nn.Module,
+    from_encoder: torch.Tensor,
+    w_init: torch.Tensor,
+    w_start: torch.Tensor,
+    noises: list[torch.Tensor],
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Replace the seeded start of the ``from_encoder [M]`` rows by the encoder's code and the stored
+    noise maps (what the encoder was trained with, so ``steps=0`` reproduces ``G(E(x))`` exactly)."""
+    rows = from_encoder.to(w_start.device)
+    w_start = torch.where(rows[:, None, None], w_init.to(w_start), w_start)
+    stored = generator.synthesis.const_noise()
+    noises = [
+        torch.where(rows[:, None, None, None], const.to(noise).expand_as(noise), noise)
+        for noise, const in zip(noises, stored)
+    ]
+    return w_start, noises
+
+
 # --------------------------------------------------------------------------------------- projector
 
 
@@ -270,15 +314,25 @@ class Projector:
     def _broadcast(self, w: torch.Tensor) -> torch.Tensor:
         return w.expand(-1, self.generator.num_ws, -1) if self.settings.space == "w" else w
 
-    def project(self, targets: torch.Tensor) -> ProjectionResult:
-        """Project ``targets [B, C, H, W]`` in ``[-1, 1]``; returns all ``N`` seeds of every image."""
+    def project(self, targets: torch.Tensor, start_ws: torch.Tensor | None = None) -> ProjectionResult:
+        """Project ``targets [B, C, H, W]`` in ``[-1, 1]``; returns all ``N`` starts of every image.
+
+        ``start_ws [B, num_ws, w_dim]`` (the encoder's W+ codes) is required by ``init=encoder`` /
+        ``encoder+seeds``: start 0 of each image is then its encoder code, the others seeds 0..N-1.
+        """
         s = self.settings
-        batch, n = targets.shape[0], s.num_seeds
+        starts = start_indices(s)
+        batch, n = targets.shape[0], len(starts)
         targets = targets.to(self.device, torch.float32)
-        repeated = targets.repeat_interleave(n, dim=0)  # sample m = image m // N, seed m % N
-        seed_index = torch.arange(n).repeat(batch)
+        repeated = targets.repeat_interleave(n, dim=0)  # sample m = image m // N, start m % N
+        seed_index = starts.repeat(batch)  # -1: the encoder's start
         attempts = torch.zeros_like(seed_index)
-        w, images, losses, finite = self._optimise(repeated, seed_index, attempts)
+        w_init = None
+        if s.init != "seeds":
+            if start_ws is None:
+                raise ValueError(f"projection.init={s.init} needs the encoder's codes (start_ws)")
+            w_init = start_ws.to(self.device, torch.float32).repeat_interleave(n, dim=0)
+        w, images, losses, finite = self._optimise(repeated, seed_index, attempts, w_init)
         restarted = ~finite
         for attempt in range(1, s.max_restarts + 1):
             failed = torch.nonzero(~finite).flatten()
@@ -286,7 +340,10 @@ class Projector:
                 break
             failed_cpu = failed.cpu()
             retry = self._optimise(
-                repeated[failed], seed_index[failed_cpu], torch.full_like(failed_cpu, attempt)
+                repeated[failed],
+                seed_index[failed_cpu],
+                torch.full_like(failed_cpu, attempt),
+                None if w_init is None else w_init[failed],
             )
             w[failed], images[failed], losses[failed] = retry[0], retry[1], retry[2]
             finite[failed] = retry[3]
@@ -302,9 +359,17 @@ class Projector:
         return result
 
     def _optimise(
-        self, targets: torch.Tensor, seed_index: torch.Tensor, attempts: torch.Tensor
+        self,
+        targets: torch.Tensor,
+        seed_index: torch.Tensor,
+        attempts: torch.Tensor,
+        w_init: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Optimise one batch of samples; returns ``(w, images, final_losses, finite)``."""
+        """Optimise one batch of samples; returns ``(w, images, final_losses, finite)``.
+
+        Samples with ``seed_index < 0`` start from ``w_init`` (encoder codes, ``[M, num_ws, w_dim]``)
+        and the generator's stored noise maps instead of a seeded ``z`` and random noise.
+        """
         s, G = self.settings, self.generator
         num_samples = targets.shape[0]
         keys = torch.tensor(
@@ -316,11 +381,14 @@ class Projector:
         with torch.no_grad():
             z = seeded_z(G.z_dim, seed_index, attempts, s.base_seed).to(self.device)
             w_start = G.mapping(z).float()
+            noises = [
+                counter_normal(keys, stream=-(i + 1), shape=tuple(shape[1:])).to(self.device)
+                for i, shape in enumerate(G.synthesis.noise_shapes)
+            ]
+            if w_init is not None:  # the init hook: encoder starts (projection.init)
+                w_start, noises = encoder_starts(G, seed_index < 0, w_init, w_start, noises)
         w = (w_start[:, :1] if s.space == "w" else w_start).clone().requires_grad_(True)
-        noises = [
-            counter_normal(keys, stream=-(i + 1), shape=tuple(shape[1:])).to(self.device).requires_grad_(True)
-            for i, shape in enumerate(G.synthesis.noise_shapes)
-        ]
+        noises = [noise.requires_grad_(True) for noise in noises]
         if self.device.type == "cuda" and s.channels_last:
             noises = [n.detach().to(memory_format=torch.channels_last).requires_grad_(True) for n in noises]
         # fused Adam: one kernel per step and its step counters stay on the device (the for-loop

@@ -8,8 +8,10 @@ The seed paper's score (``mean_map``) is the sum of ``|image - mean of the N pro
 the breast divided by the breast area. Alternatives: ``best_map`` (the map of the seed with the
 lowest final loss), ``topk`` (mean of the highest ``topk_percent`` % of the map inside the breast,
 sensitive to small lesions that a whole-breast mean dilutes) and ``perceptual`` (the projection
-loss between the image and its mean projection, computed by the caller). Everything is fp32 and
-vectorised over the batch.
+loss between the image and its mean projection, computed by the caller). The lesion-sensitive
+scores ``smooth_max``, ``smooth_topk``, ``component`` and ``disc_features`` live in
+:mod:`mammo_anogan.anomaly.map_scores`; ``auto`` picks one of them on validation (never on test).
+Everything is fp32 and vectorised over the batch.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-SCORE_METHODS = ("mean_map", "best_map", "topk", "perceptual")
+from mammo_anogan.anomaly.map_scores import MAP_METHODS, MapScoreSettings, lesion_scores
+
+SCORE_METHODS = ("mean_map", "best_map", "topk", "perceptual", *MAP_METHODS, "disc_features", "auto")
 EMPTY_MASK_NOTE = "empty breast mask: excluded from metrics"
 
 
@@ -95,10 +99,18 @@ def score_images(
     method: str = "mean_map",
     topk_percent: float = 1.0,
     perceptual: torch.Tensor | None = None,
+    map_settings: MapScoreSettings | None = None,
+    features: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Anomaly scores ``[B]`` (higher = more abnormal); NaN where the breast mask is empty."""
+    """Anomaly scores ``[B]`` (higher = more abnormal); NaN where the breast mask is empty.
+
+    ``perceptual`` / ``features`` are the caller's perceptual and discriminator-feature distances of
+    the mean projections (methods ``perceptual`` / ``disc_features``); ``map_settings`` configures
+    the lesion-sensitive methods. ``auto`` is resolved on validation later: here it gives
+    ``mean_map``, which every row also stores in its own column.
+    """
     empty = (masks > 0.5).flatten(1).sum(dim=1) == 0
-    if method == "mean_map":
+    if method in ("mean_map", "auto"):
         scores = masked_mean(maps.abs_map, masks)
     elif method == "best_map":
         scores = masked_mean(maps.best_abs_map, masks)
@@ -108,17 +120,31 @@ def score_images(
         if perceptual is None:
             raise ValueError("score.method=perceptual needs the perceptual distances of the mean projections")
         scores = perceptual.float()
+    elif method in MAP_METHODS:
+        scores = lesion_scores(maps.signed_map, masks, map_settings or MapScoreSettings())[method]
+    elif method == "disc_features":
+        if features is None:
+            raise ValueError("score.method=disc_features needs the discriminator-feature distances")
+        scores = features.float()
     else:
         raise ValueError(f"score.method must be one of {', '.join(SCORE_METHODS)}, got {method!r}")
     return torch.where(empty, torch.full_like(scores, float("nan")), scores)
 
 
 def all_map_scores(
-    maps: DifferenceMaps, masks: torch.Tensor, topk_percent: float = 1.0
+    maps: DifferenceMaps,
+    masks: torch.Tensor,
+    topk_percent: float = 1.0,
+    map_settings: MapScoreSettings | None = None,
 ) -> dict[str, torch.Tensor]:
     """The cheap map-based scores side by side, so another method can be evaluated without re-projecting."""
+    empty = (masks > 0.5).flatten(1).sum(dim=1) == 0
+    lesion = lesion_scores(
+        maps.signed_map, masks, map_settings or MapScoreSettings(topk_percent=topk_percent)
+    )
     return {
         "score_mean_map": score_images(maps, masks, "mean_map"),
         "score_best_map": score_images(maps, masks, "best_map"),
         "score_topk": score_images(maps, masks, "topk", topk_percent),
+        **{f"score_{name}": torch.where(empty, torch.nan, value) for name, value in lesion.items()},
     }

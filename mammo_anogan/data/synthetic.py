@@ -28,6 +28,7 @@ import csv
 import io
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -53,17 +54,36 @@ MALIGNANT_PROBABILITY = {"round_mass": 0.3, "spiculated_mass": 0.85, "calcificat
 MONOCHROME1_EVERY = 9  # every 9th image (by position) is stored inverted
 RLE_EVERY = 7  # every 7th image is RLE Lossless compressed
 PARAMS_FILE = "generate.json"
+TWINS_FILE = "twins.csv"  # path,twin_path: films with a lesion and their lesion-free twins
 
 _FIRST_NAMES = ("Ada", "Grace", "Marie", "Rosalind", "Lise", "Emmy", "Dorothy", "Barbara", "Chien", "Hedy")
 _LAST_NAMES = ("Lovelace", "Hopper", "Curie", "Franklin", "Meitner", "Noether", "Hodgkin", "McClintock", "Wu")
 
 
 class Phantom(NamedTuple):
-    """One synthetic film: ``image`` float32 in [0, 1] (bright = dense), boolean masks."""
+    """One synthetic film: ``image`` float32 in [0, 1] (bright = dense), boolean masks.
+
+    ``lesion_free`` is the same film without its lesions (same anatomy, same quantum noise): the
+    "lesion-free twin" that bounds what any reconstruction-based score can reach (the oracle).
+    """
 
     image: np.ndarray
     breast_mask: np.ndarray
     lesion_mask: np.ndarray
+    lesion_free: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class LesionStyle:
+    """How conspicuous inserted lesions are; the defaults are the phantoms' standard lesions.
+
+    ``scale`` multiplies every lesion's size (mass radius and spicule length, calcification cluster
+    radius and speck size); ``contrast`` multiplies the intensity a lesion adds. A demo at 64 px needs
+    ``scale`` ~2.5-3 to make a mass 4-8 px across (at 640 px a standard mass is 25-60 px across).
+    """
+
+    scale: float = 1.0
+    contrast: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -124,10 +144,17 @@ def _place_lesion(rng: np.random.Generator, inner: np.ndarray) -> tuple[int, int
 
 
 def _mass(
-    rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, cy: int, cx: int, scale: float, spiculated: bool
+    rng: np.random.Generator,
+    yy: np.ndarray,
+    xx: np.ndarray,
+    cy: int,
+    cx: int,
+    scale: float,
+    spiculated: bool,
+    style: LesionStyle = LesionStyle(),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Intensity added by a mass and its mask. Spicules are thin radial wedges of random length."""
-    radius = scale * rng.uniform(0.025, 0.06)
+    radius = scale * rng.uniform(0.025, 0.06) * style.scale
     aspect = rng.uniform(0.75, 1.0)
     body = _soft_disc(yy, xx, cy, cx, radius * aspect, radius)
     if spiculated:
@@ -141,23 +168,29 @@ def _mass(
         width = 0.7 + 1.5 * (1.0 - rho / lengths)  # tapering, at least ~1.5 px wide (no aliasing)
         spicules = ((across < width) & (rho < lengths)).any(axis=0).astype(np.float32)
         body = np.maximum(body, 0.8 * spicules)
-    amplitude = rng.uniform(0.08, 0.18)
+    amplitude = rng.uniform(0.08, 0.18) * style.contrast
     return amplitude * body, body > 0.5
 
 
 def _calcifications(
-    rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, cy: int, cx: int, scale: float
+    rng: np.random.Generator,
+    yy: np.ndarray,
+    xx: np.ndarray,
+    cy: int,
+    cx: int,
+    scale: float,
+    style: LesionStyle = LesionStyle(),
 ) -> tuple[np.ndarray, np.ndarray]:
     """A cluster of 6-20 tiny bright specks; the mask is the cluster's disc (like a radiologist's ROI)."""
-    cluster_radius = scale * rng.uniform(0.02, 0.04)
+    cluster_radius = scale * rng.uniform(0.02, 0.04) * style.scale
     count = int(rng.integers(6, 21))
     offsets = rng.normal(0.0, cluster_radius / 2.0, (count, 2)).clip(-cluster_radius, cluster_radius)
-    sizes = rng.uniform(0.8, 1.8, count)
+    sizes = rng.uniform(0.8, 1.8, count) * style.scale
     dy = yy[None] - (cy + offsets[:, 0, None, None])
     dx = xx[None] - (cx + offsets[:, 1, None, None])
     specks = np.exp(-(dy * dy + dx * dx) / (2.0 * sizes[:, None, None] ** 2)).max(axis=0).astype(np.float32)
     mask = ((yy - cy) ** 2 + (xx - cx) ** 2) <= (cluster_radius + 2.0) ** 2
-    return rng.uniform(0.35, 0.55) * specks, mask
+    return rng.uniform(0.35, 0.55) * style.contrast * specks, mask
 
 
 def make_phantom(
@@ -168,11 +201,17 @@ def make_phantom(
     laterality: str = "L",
     lesion_kinds: tuple[str, ...] = (),
     breast: BreastParams | None = None,
+    lesion_style: LesionStyle = LesionStyle(),
+    with_lesion_free: bool = False,
+    parenchyma_contrast: float = 1.0,
 ) -> Phantom:
     """One film as arrays; the chest wall is on the left for ``L`` and on the right for ``R``.
 
     ``lesion_kinds`` lists the lesions to insert (values of :data:`LESION_KINDS`); ``breast``
-    fixes the anatomy (else it is drawn from ``seed``).
+    fixes the anatomy (else it is drawn from ``seed``); ``lesion_style`` sizes them;
+    ``parenchyma_contrast`` scales how much brighter fibroglandular tissue is than fat.
+    ``with_lesion_free`` also returns the film without its lesions (``Phantom.lesion_free``); the
+    random draws are the same either way, so the film itself does not change.
     """
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     if breast is None:
@@ -202,7 +241,8 @@ def make_phantom(
     )
     threshold = 2.2 - 3.2 * breast.density
     glandular = _sigmoid((texture + 2.0 * gland_prior - threshold) / 0.35)
-    image = (inside * thickness * (0.3 + 0.4 * glandular + 0.03 * texture) + 0.12 * skin).astype(np.float32)
+    tissue = 0.3 + 0.4 * parenchyma_contrast * glandular + 0.03 * texture
+    image = (inside * thickness * tissue + 0.12 * skin).astype(np.float32)
     breast_mask = inside.copy()
     if mlo:
         muscle_w, muscle_h = width * rng.uniform(0.22, 0.38), height * rng.uniform(0.45, 0.75)
@@ -215,25 +255,32 @@ def make_phantom(
     if mlo:
         inner &= (xx / muscle_w + yy / muscle_h) > 1.4  # keep lesions (and spicules) off the muscle
     scale = float(min(height, width))
-    reach = int(np.ceil(0.2 * scale))  # every lesion (spicules included) fits in this half-window
+    reach = int(np.ceil(0.2 * scale * max(1.0, lesion_style.scale)))  # every lesion fits in this half-window
+    lesion_free = image.copy() if with_lesion_free else None
     for kind in lesion_kinds:  # a handful of lesions, each a vectorised field on a local window
         cy, cx = _place_lesion(rng, inner)
         rows, cols = slice(max(0, cy - reach), cy + reach + 1), slice(max(0, cx - reach), cx + reach + 1)
         box = (rows, cols)
         if kind == "calcifications":
-            added, mask = _calcifications(rng, yy[rows], xx[:, cols], cy, cx, scale)
+            added, mask = _calcifications(rng, yy[rows], xx[:, cols], cy, cx, scale, lesion_style)
         else:
             added, mask = _mass(
-                rng, yy[rows], xx[:, cols], cy, cx, scale, spiculated=kind == "spiculated_mass"
+                rng, yy[rows], xx[:, cols], cy, cx, scale, kind == "spiculated_mass", lesion_style
             )
         image[box] += added * inside[box]
         lesion_mask[box] |= mask & inside[box]
-    image += 0.004 * rng.standard_normal(image.shape, dtype=np.float32)  # quantum noise
-    image = np.clip(image, 0.0, 1.0).astype(np.float32)
+    noise = 0.004 * rng.standard_normal(image.shape, dtype=np.float32)  # quantum noise
+    image = np.clip(image + noise, 0.0, 1.0).astype(np.float32)
+    if lesion_free is not None:
+        lesion_free = np.clip(lesion_free + noise, 0.0, 1.0).astype(np.float32)
     if laterality == "R":  # right breasts face the other way on the film
         image, breast_mask, lesion_mask = image[:, ::-1], breast_mask[:, ::-1], lesion_mask[:, ::-1]
+        lesion_free = lesion_free[:, ::-1] if lesion_free is not None else None
     return Phantom(
-        np.ascontiguousarray(image), np.ascontiguousarray(breast_mask), np.ascontiguousarray(lesion_mask)
+        np.ascontiguousarray(image),
+        np.ascontiguousarray(breast_mask),
+        np.ascontiguousarray(lesion_mask),
+        np.ascontiguousarray(lesion_free) if lesion_free is not None else None,
     )
 
 
@@ -270,9 +317,14 @@ def to_stored_values(image: np.ndarray, monochrome1: bool) -> np.ndarray:
     return (MAX_VALUE - stored).astype(np.uint16) if monochrome1 else stored
 
 
-def window_for(stored: np.ndarray, breast_mask: np.ndarray) -> tuple[float, float]:
-    """A window (center, width) covering the breast's 0.5-99.5 percentile range, as a console would."""
+def window_for(stored: np.ndarray, breast_mask: np.ndarray, headroom: float = 0.0) -> tuple[float, float]:
+    """A window (center, width) covering the breast's 0.5-99.5 percentile range, as a console would.
+
+    ``headroom`` extends the window above the 99.5th percentile by that fraction of its width, so
+    structures denser than the tissue (a hyperdense mass) stay below white instead of clipping.
+    """
     low, high = np.percentile(stored[breast_mask], [0.5, 99.5])
+    high = high + headroom * (high - low)
     return float(round((low + high) / 2.0)), float(max(round(high - low), 16))
 
 
@@ -338,14 +390,18 @@ def _png_bytes(mask: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
-def _patient_plan(rng: np.random.Generator, abnormal: bool) -> tuple[str | None, tuple[str, ...], str]:
+def _patient_plan(
+    rng: np.random.Generator, abnormal: bool, kinds_allowed: tuple[str, ...] = LESION_KINDS
+) -> tuple[str | None, tuple[str, ...], str]:
     """(abnormal side or None, lesion kinds, label of the abnormal side)."""
     if not abnormal:
         return None, (), "normal"
     side = str(rng.choice(LATERALITIES))
-    kinds = (str(rng.choice(LESION_KINDS)),)
+    kinds = (str(rng.choice(kinds_allowed)),)
     if rng.random() < 0.25:  # some breasts hold a mass and a calcification cluster
-        kinds += ("calcifications",) if kinds[0] != "calcifications" else ("round_mass",)
+        second = [k for k in ("calcifications", "round_mass", "spiculated_mass") if k != kinds[0]]
+        second = [k for k in second if k in kinds_allowed]
+        kinds += tuple(second[:1])
     probability = max(MALIGNANT_PROBABILITY[k] for k in kinds)
     return side, kinds, "malignant" if rng.random() < probability else "benign"
 
@@ -357,55 +413,117 @@ def generate_dataset(
     height: int = 640,
     width: int = 512,
     seed: int = 0,
+    views: Sequence[str] = VIEWS,
+    lesion_kinds: Sequence[str] = LESION_KINDS,
+    lesion_scale: float = 1.0,
+    lesion_contrast: float = 1.0,
+    parenchyma_contrast: float = 1.0,
+    lesion_free_twins: bool = False,
+    window_excludes_lesions: bool = False,
+    window_headroom: float = 0.0,
 ) -> Path:
     """Write the synthetic raw dataset under ``out_dir`` and return it.
 
     Idempotent: when ``labels.csv`` exists and ``generate.json`` records the same arguments, nothing
     is rewritten; otherwise every file is (re)written, deterministically, and ``labels.csv`` last
     (its presence marks a complete dataset).
+
+    ``views`` limits the views written (the others are not drawn at all; the written films do not
+    change); ``lesion_kinds`` the kinds drawn for abnormal breasts; ``lesion_scale`` and
+    ``lesion_contrast`` make lesions larger / brighter (:class:`LesionStyle`); ``parenchyma_contrast``
+    scales the brightness of fibroglandular tissue over fat (``< 1``: fattier-looking, smoother films).
+    ``lesion_free_twins`` also writes, for every film with a lesion, the same film without it
+    (``twins/<patient>/<file>.dcm``, same window tags) and ``twins.csv`` (``path,twin_path``): the
+    oracle of :mod:`mammo_anogan.evaluation.oracle`. ``window_excludes_lesions`` sets the display
+    window of a film with lesions from the same film without them, as a console windows the tissue:
+    otherwise a large bright lesion raises the 99.5th percentile and darkens the rest of the breast,
+    a tell-tale that has nothing to do with the lesion itself. ``window_headroom`` widens every
+    window above the tissue's 99.5th percentile by that fraction of its width (:func:`window_for`),
+    so hyperdense lesions are not clipped to white. With the defaults the files are byte-identical
+    to those of earlier versions.
     """
     out = Path(out_dir)
     if min(num_normal_patients, num_abnormal_patients) < 0 or num_normal_patients + num_abnormal_patients < 1:
         raise ValueError("need at least one patient and no negative counts")
     if height < 32 or width < 32:
         raise ValueError("phantoms need at least 32x32 pixels")
-    params = {
+    views = tuple(str(v).upper() for v in views)
+    kinds_allowed = tuple(str(k) for k in lesion_kinds)
+    if not views or set(views) - set(VIEWS):
+        raise ValueError(f"views must be a non-empty subset of {list(VIEWS)}, got {list(views)}")
+    if not kinds_allowed or set(kinds_allowed) - set(LESION_KINDS):
+        raise ValueError(f"lesion_kinds must be a non-empty subset of {list(LESION_KINDS)}")
+    if min(lesion_scale, lesion_contrast, parenchyma_contrast) <= 0 or window_headroom < 0:
+        raise ValueError(
+            "lesion_scale, lesion_contrast, parenchyma_contrast must be > 0, window_headroom >= 0"
+        )
+    style = LesionStyle(scale=float(lesion_scale), contrast=float(lesion_contrast))
+    params: dict[str, object] = {
         "num_normal_patients": int(num_normal_patients),
         "num_abnormal_patients": int(num_abnormal_patients),
         "height": int(height),
         "width": int(width),
         "seed": int(seed),
     }
-    params_path, labels_path = out / PARAMS_FILE, out / "labels.csv"
+    extras = {  # recorded only when they differ from the defaults (old folders stay valid)
+        "views": list(views) if views != VIEWS else None,
+        "lesion_kinds": list(kinds_allowed) if kinds_allowed != LESION_KINDS else None,
+        "lesion_scale": float(lesion_scale) if lesion_scale != 1.0 else None,
+        "lesion_contrast": float(lesion_contrast) if lesion_contrast != 1.0 else None,
+        "parenchyma_contrast": float(parenchyma_contrast) if parenchyma_contrast != 1.0 else None,
+        "lesion_free_twins": True if lesion_free_twins else None,
+        "window_excludes_lesions": True if window_excludes_lesions else None,
+        "window_headroom": float(window_headroom) if window_headroom else None,
+    }
+    params.update({key: value for key, value in extras.items() if value is not None})
+    params_path, labels_path, twins_path = out / PARAMS_FILE, out / "labels.csv", out / TWINS_FILE
     if labels_path.is_file() and params_path.is_file():
         try:
             if json.loads(params_path.read_text(encoding="utf-8")) == params:
                 return out
         except json.JSONDecodeError:
             pass
-    previous = _listed_files(labels_path)
+    previous = _listed_files(labels_path) | _listed_files(twins_path, ("twin_path",))
     labels_path.unlink(missing_ok=True)  # until the new labels.csv is written, the dataset is incomplete
+    twins_path.unlink(missing_ok=True)
     rows: list[dict[str, str]] = []
+    twin_rows: list[dict[str, str]] = []
     image_number = 0
     for patient_index in range(num_normal_patients + num_abnormal_patients):
         patient_rng = np.random.default_rng([seed, patient_index])
         identity = _fake_identity(patient_rng, seed, patient_index)
-        side, kinds, abnormal_label = _patient_plan(patient_rng, patient_index >= num_normal_patients)
+        side, kinds, abnormal_label = _patient_plan(
+            patient_rng, patient_index >= num_normal_patients, kinds_allowed
+        )
         anatomy = {lat: draw_breast(patient_rng) for lat in LATERALITIES}
         folder = identity["PatientID"]
         for laterality in LATERALITIES:
             for view in VIEWS:
+                if view not in views:
+                    continue  # each film has its own generator: skipping one changes no other
                 image_rng = np.random.default_rng(
                     [seed, patient_index, LATERALITIES.index(laterality), VIEWS.index(view)]
                 )
                 lesions = kinds if laterality == side else ()
                 phantom = make_phantom(
-                    image_rng, height, width, view, laterality, lesions, anatomy[laterality]
+                    image_rng,
+                    height,
+                    width,
+                    view,
+                    laterality,
+                    lesions,
+                    anatomy[laterality],
+                    lesion_style=style,
+                    parenchyma_contrast=parenchyma_contrast,
+                    with_lesion_free=(lesion_free_twins or window_excludes_lesions) and bool(lesions),
                 )
                 monochrome1 = image_number % MONOCHROME1_EVERY == MONOCHROME1_EVERY // 2
                 rle = image_number % RLE_EVERY == RLE_EVERY // 2
                 stored = to_stored_values(phantom.image, monochrome1)
-                window = window_for(to_stored_values(phantom.image, False), phantom.breast_mask)
+                windowed = phantom.image
+                if window_excludes_lesions and phantom.lesion_free is not None:
+                    windowed = phantom.lesion_free
+                window = window_for(to_stored_values(windowed, False), phantom.breast_mask, window_headroom)
                 if monochrome1:  # the window is defined on stored values, so it is mirrored too
                     window = (MAX_VALUE - window[0], window[1])
                 entropy = [str(seed), str(patient_index), laterality, view]
@@ -417,10 +535,19 @@ def generate_dataset(
                 if lesions:
                     lesion_relative = f"lesions/{folder}_{name}.png"
                     atomic_write_bytes(out / lesion_relative, _png_bytes(phantom.lesion_mask))
+                if lesion_free_twins and phantom.lesion_free is not None:  # same header, window, encoding
+                    twin_relative = f"twins/{folder}/{name}.dcm"
+                    twin_stored = to_stored_values(phantom.lesion_free, monochrome1)
+                    twin = dicom_bytes(
+                        twin_stored, identity, view, laterality, window, monochrome1, rle, entropy
+                    )
+                    atomic_write_bytes(out / twin_relative, twin)
+                    twin_rows.append({"path": relative, "twin_path": twin_relative})
                 label = abnormal_label if lesions else "normal"
                 rows.append({"path": relative, "label": label, "lesion_mask": lesion_relative})
                 image_number += 1
     current = {row[key] for row in rows for key in ("path", "lesion_mask") if row[key]}
+    current |= {row["twin_path"] for row in twin_rows}
     for stale in sorted(previous - current):  # files of an earlier run with other arguments
         (out / stale).unlink(missing_ok=True)
         try:
@@ -428,11 +555,13 @@ def generate_dataset(
         except OSError:
             pass
     atomic_write_text(params_path, json.dumps(params, indent=2) + "\n")
+    if lesion_free_twins:
+        atomic_write_csv(twins_path, twin_rows, ("path", "twin_path"))
     atomic_write_csv(labels_path, rows, ("path", "label", "lesion_mask"))
     return out
 
 
-def _listed_files(labels_path: Path) -> set[str]:
+def _listed_files(labels_path: Path, keys: tuple[str, ...] = ("path", "lesion_mask")) -> set[str]:
     """Relative paths a previous run listed in ``labels.csv`` (only those may be cleaned up)."""
     if not labels_path.is_file():
         return set()
@@ -441,6 +570,6 @@ def _listed_files(labels_path: Path) -> set[str]:
     return {
         value
         for row in rows
-        for key in ("path", "lesion_mask")
+        for key in keys
         if (value := row.get(key) or "") and ".." not in Path(value).parts and not Path(value).is_absolute()
     }

@@ -195,7 +195,7 @@ def test_sigterm_preemption_saves_and_resume_matches_within_gpu_tolerance(tmp_pa
 
     dataset = make_prepared_dataset(tmp_path / "data", resolution=32)
     common = [
-        "+experiment=demo",
+        "+experiment=tiny",
         "callbacks=none",
         "trainer=gpu",
         "data.loader.batch_size=8",

@@ -13,7 +13,7 @@ from mammo_anogan.utils.config import PROJECT_ROOT
 
 #: Tiny StyleGAN2 training (32 px, batch 4, no monitors): fast on a busy CPU.
 TINY_TRAIN = (
-    "+experiment=demo",
+    "+experiment=tiny",
     "callbacks=none",
     "data.loader.batch_size=4",
     "trainer.enable_progress_bar=false",

@@ -66,7 +66,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _base(entry: str, workspace: dict[str, Path]) -> list[str]:
     common = [f"data.dataset_dir={workspace['dataset']}", "data.resolution=32", "~logger"]
     if entry == "train":
-        return ["+experiment=demo", "callbacks=none", *common]
+        return ["+experiment=tiny", "callbacks=none", *common]
     return [f"generator={workspace['generator']}", "projection=fast", *common]
 
 

@@ -176,7 +176,7 @@ def test_train_and_score_outputs_hold_no_identifier(
     score = run_entry(
         "score",
         [
-            "+experiment=demo",
+            "+experiment=tiny",
             *data_overrides,
             f"generator={train_dir / 'generator.pt'}",
             "projection.steps=2",

@@ -311,7 +311,7 @@ def test_optimized_metric_that_cannot_be_logged_is_refused_before_training(
     cfg = _compose(
         "train",
         [
-            "+experiment=demo",
+            "+experiment=tiny",
             "~logger",
             f"data.dataset_dir={dataset}",
             f"+run_dir={tmp_path / 'run'}",
@@ -396,7 +396,7 @@ def test_optuna_sweep_on_a_metric_that_cannot_be_logged_stops_at_its_first_trial
     done = run_entry(
         "train",
         [
-            "+experiment=demo",
+            "+experiment=tiny",
             "hparams_search=optuna",
             "optimized_metric=fidelity/fid",
             f"callbacks.fidelity.inception_weights={tmp_path / 'offline' / 'inception.pth'}",
