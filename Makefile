@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 DEMO_DIR := outputs/demo
 demo: export OMP_WAIT_POLICY ?= PASSIVE
 demo: install
-	$(PY) -m mammo_anogan.prepare data=demo prepare.salt_seed=0
+	$(PY) -m mammo_anogan.prepare data=demo
 	$(PY) -m mammo_anogan.train +experiment=demo hydra.run.dir=$(DEMO_DIR)/train
 	$(PY) -m mammo_anogan.train_encoder +experiment=demo generator=$(DEMO_DIR)/train/generator.pt \
 		hydra.run.dir=$(DEMO_DIR)/encoder

@@ -160,3 +160,22 @@ def test_every_experiment_composes_with_train_encoder(experiment: str, tmp_path:
         )
     settings = encoder_settings(dict(cfg.encoder_train))
     assert settings["total_kimg"] > 0 and cfg.ckpt_path is None
+
+
+def test_encoder_scoring_under_bf16_autocast_keeps_fp32_codes_and_maps(networks) -> None:
+    """The GPU path's precision on the CPU: under bf16 autocast the encoder's W+ codes, the W+
+    projection and the reconstruction stay fp32 and within bf16 rounding of the fp32 run."""
+    from mammo_anogan.anomaly.module import ProjectionModule
+
+    generator, _ = networks
+    encoder = encoder_for_generator(generator, channel_base=128, channel_max=16)
+    settings = ProjectionSettings(init="encoder", steps=3, space="w_plus", lr=0.01, w_std_samples=100)
+    module = ProjectionModule(generator, MseLoss(), settings, encoder=encoder)
+    images = _images(3)
+    reference = module.reconstruct(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = module.reconstruct(images)
+    assert low.latents.dtype == low.projections.dtype == torch.float32
+    assert torch.isfinite(low.projections).all() and bool(low.valid.all())
+    assert (low.latents - reference.latents).abs().max() < 0.05 * reference.latents.abs().max()
+    assert (low.projections - reference.projections).abs().max() < 0.1

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -164,6 +165,39 @@ def test_projector_bf16_channels_last_on_gpu() -> None:
     assert result.projections.shape == (2, 3, 1, 64, 64) and result.projections.dtype == torch.float32
     assert bool(result.valid.all()) and torch.isfinite(result.losses).all()
     assert float(result.losses.mean()) < float(MseLoss()(torch.zeros_like(targets), targets).mean())
+
+
+def test_encoder_initialised_scoring_on_gpu() -> None:
+    """The demo's scoring path on CUDA (encoder start, 10 W+ steps, lesion-sensitive map scores):
+    finite fp32 maps and scores, within bf16 tolerance of the same module on the CPU."""
+    from mammo_anogan.anomaly.losses import MseLoss
+    from mammo_anogan.anomaly.map_scores import MapScoreSettings
+    from mammo_anogan.anomaly.module import ProjectionModule
+    from mammo_anogan.anomaly.projector import ProjectionSettings
+    from mammo_anogan.models.encoder import encoder_for_generator
+    from mammo_anogan.models.stylegan2.generator import Generator
+
+    torch.manual_seed(0)
+    G = Generator(z_dim=64, w_dim=64, img_resolution=64, channel_base=2048, channel_max=128).eval()
+    encoder = encoder_for_generator(G, channel_base=1024, channel_max=64)
+    with torch.no_grad():
+        images = G(torch.randn(4, 64), noise_mode="const").clamp(-1, 1)
+    batch = {
+        "image": images,
+        "mask": torch.ones_like(images),
+        "image_id": [str(i) for i in range(4)],
+        "label_name": ["normal"] * 4,
+    }
+    settings = ProjectionSettings(init="encoder", steps=10, space="w_plus", lr=0.01, latent_noise=0.0)
+    results = {}
+    for device in ("cpu", DEVICE):
+        module = ProjectionModule(G, MseLoss(), settings, "smooth_topk", encoder=encoder,
+                                  map_settings=MapScoreSettings(smooth_sigma=1.0)).to(device)  # fmt: skip
+        results[device] = module.predict_step(batch, 0)
+    for cpu, gpu in zip(results["cpu"], results[DEVICE]):
+        assert gpu.abs_map.dtype == np.float32 and np.isfinite(gpu.abs_map).all()
+        assert abs(gpu.score - cpu.score) < 0.05 + 0.1 * abs(cpu.score)
+        assert np.abs(gpu.mean_projection - cpu.mean_projection).max() < 0.15
 
 
 def test_export_and_reload_on_gpu(tmp_path: Path) -> None:
