@@ -47,6 +47,7 @@ from mammo_anogan.anomaly.projector import ProjectionSettings
 from mammo_anogan.anomaly.refine import RefineSettings
 from mammo_anogan.anomaly.scoring import SCORE_METHODS
 from mammo_anogan.config_schema import validate_score_config
+from mammo_anogan.evaluation.metrics import COMPARISONS
 from mammo_anogan.run_state import check_threshold_record, score_start_checks, start_score_run_dir
 from mammo_anogan.training.devices import fit_trainer_to_hardware
 from mammo_anogan.training.preemption import PredictionPreemption, ScoringPreempted
@@ -56,11 +57,6 @@ from mammo_anogan.utils.privacy import dataset_salt, save_sanitised_config, wand
 from mammo_anogan.utils.signals import PreemptionSafeLoader
 
 log = logging.getLogger(__name__)
-
-COMPARISONS = {
-    "abnormal_vs_normal": {"normal": 0, "benign": 1, "malignant": 1},
-    "malignant_vs_normal": {"normal": 0, "malignant": 1},
-}
 
 
 # ------------------------------------------------------------------------------------- components

@@ -35,7 +35,7 @@ from mammo_anogan.data.splits import describe_fingerprint
 from mammo_anogan.run_state import check_resume, training_fingerprint, warn_if_new_run_overwrites
 from mammo_anogan.training.devices import Hardware, fit_trainer_to_hardware
 from mammo_anogan.training.nonfinite import check_finite_weights
-from mammo_anogan.training.preemption import PreemptionCheckpoint, preemption_stopping
+from mammo_anogan.training.preemption import PreemptionCheckpoint, preemption_stopping, stopped_by_preemption
 from mammo_anogan.training.sweep_metric import check_optimized_metric
 from mammo_anogan.training.sweep_metric import optimized_metric_value as sweep_metric_value
 from mammo_anogan.utils.errors import ConfigError, UserError, exit_on_user_error
@@ -405,11 +405,7 @@ def train(cfg: DictConfig) -> float | None:
         "on" if model.augment_pipe is not None else "off",
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    preemption = next((c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint)), None)
-    if preemption is not None and preemption.preempted:
-        log.warning(
-            "pre-empted at kimg %.3f: resume with hydra.run.dir=%s ckpt_path=last", model.kimg, run_dir
-        )
+    if stopped_by_preemption(trainer, model.kimg, run_dir):
         return None
     if trainer.is_global_zero and cfg.get("export", True):
         g_path, _ = model.export_networks(run_dir)

@@ -43,7 +43,7 @@ from mammo_anogan.train import (
 )
 from mammo_anogan.training.callbacks import KimgProgressBar, KimgStopping
 from mammo_anogan.training.encoder_module import EncoderModule, encoder_settings
-from mammo_anogan.training.preemption import PreemptionCheckpoint
+from mammo_anogan.training.preemption import PreemptionCheckpoint, stopped_by_preemption
 from mammo_anogan.utils.errors import ConfigError, UserError, exit_on_user_error
 from mammo_anogan.utils.io import remove_stale_temp_files
 from mammo_anogan.utils.privacy import dataset_salt, save_sanitised_config
@@ -189,11 +189,7 @@ def train_encoder(cfg: DictConfig) -> Path | None:
         generator_hash,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    preemption = next((c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint)), None)
-    if preemption is not None and preemption.preempted:
-        log.warning(
-            "pre-empted at kimg %.3f: resume with hydra.run.dir=%s ckpt_path=last", module.kimg, run_dir
-        )
+    if stopped_by_preemption(trainer, module.kimg, run_dir):
         return None
     if not trainer.is_global_zero or not cfg.get("export", True):
         return None

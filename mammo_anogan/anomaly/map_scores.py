@@ -80,6 +80,21 @@ class MapScoreSettings:
         return cls(**{key: score_cfg[key] for key in names if key in score_cfg})
 
 
+def topk_mean(values: torch.Tensor, mask: torch.Tensor, percent: float) -> torch.Tensor:
+    """Per-image mean of the highest ``percent`` % of ``values`` inside ``mask`` ``[B]`` (NaN if empty)."""
+    flat = values.flatten(1)
+    inside = (mask > 0.5).flatten(1)
+    area = inside.sum(dim=1)
+    count = torch.ceil(area.to(flat.dtype) * percent / 100.0).clamp_min(1).long()
+    ranked = (
+        torch.where(inside, flat, torch.full_like(flat, float("-inf"))).sort(dim=1, descending=True).values
+    )
+    ranked = torch.where(torch.isfinite(ranked), ranked, torch.zeros_like(ranked))
+    cumulative = ranked.cumsum(dim=1)
+    top_sum = cumulative.gather(1, (count - 1).clamp(max=flat.shape[1] - 1)[:, None]).squeeze(1)
+    return torch.where(area > 0, top_sum / count, torch.full_like(top_sum, float("nan")))
+
+
 def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of ``[B, C, H, W]`` maps (reflect padding keeps the edges unbiased)."""
     if sigma <= 0:
@@ -148,8 +163,6 @@ def lesion_scores(
     signed_map: torch.Tensor, masks: torch.Tensor, settings: MapScoreSettings
 ) -> dict[str, torch.Tensor]:
     """``{"smooth_max", "smooth_topk", "component"}`` scores ``[B]`` of ``image - reconstruction``."""
-    from mammo_anogan.anomaly.scoring import topk_mean
-
     values = polarised(signed_map.float(), settings.map_polarity)
     smoothed = gaussian_smooth(values, settings.smooth_sigma)
     inner = erode_mask(masks, settings.edge_margin)

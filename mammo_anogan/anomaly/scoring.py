@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mammo_anogan.anomaly.map_scores import MAP_METHODS, MapScoreSettings, lesion_scores
+from mammo_anogan.anomaly.map_scores import MAP_METHODS, MapScoreSettings, lesion_scores, topk_mean
 
 SCORE_METHODS = ("mean_map", "best_map", "topk", "perceptual", *MAP_METHODS, "disc_features", "auto")
 EMPTY_MASK_NOTE = "empty breast mask: excluded from metrics"
@@ -76,21 +76,6 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     area = mask.flatten(1).sum(dim=1)
     total = (values * mask).flatten(1).sum(dim=1)
     return torch.where(area > 0, total / area.clamp_min(1.0), torch.full_like(area, float("nan")))
-
-
-def topk_mean(values: torch.Tensor, mask: torch.Tensor, percent: float) -> torch.Tensor:
-    """Per-image mean of the highest ``percent`` % of ``values`` inside ``mask`` ``[B]`` (NaN if empty)."""
-    flat = values.flatten(1)
-    inside = (mask > 0.5).flatten(1)
-    area = inside.sum(dim=1)
-    count = torch.ceil(area.to(flat.dtype) * percent / 100.0).clamp_min(1).long()
-    ranked = (
-        torch.where(inside, flat, torch.full_like(flat, float("-inf"))).sort(dim=1, descending=True).values
-    )
-    ranked = torch.where(torch.isfinite(ranked), ranked, torch.zeros_like(ranked))
-    cumulative = ranked.cumsum(dim=1)
-    top_sum = cumulative.gather(1, (count - 1).clamp(max=flat.shape[1] - 1)[:, None]).squeeze(1)
-    return torch.where(area > 0, top_sum / count, torch.full_like(top_sum, float("nan")))
 
 
 def score_images(

@@ -24,6 +24,12 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from mammo_anogan.utils.errors import UserError
 
+#: ``score.comparison``: which labels are the negative (0) and positive (1) class; others are left out.
+COMPARISONS = {
+    "abnormal_vs_normal": {"normal": 0, "benign": 1, "malignant": 1},
+    "malignant_vs_normal": {"normal": 0, "malignant": 1},
+}
+
 ArrayLike = Sequence[float] | np.ndarray | Any  # also torch tensors (converted with .detach().cpu())
 
 #: Metrics that get a bootstrap confidence interval (``<name>_ci_low`` / ``<name>_ci_high``).

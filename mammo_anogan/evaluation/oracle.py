@@ -103,8 +103,7 @@ def evaluate_oracle(cfg: DictConfig) -> dict[str, Any]:
     from mammo_anogan.data.datamodule import MammoDataModule
     from mammo_anogan.data.dataset import to_unit_range
     from mammo_anogan.evaluation.localization import hit_rate, pixel_auroc
-    from mammo_anogan.evaluation.metrics import evaluate_protocol, evaluate_scores
-    from mammo_anogan.score import COMPARISONS
+    from mammo_anogan.evaluation.metrics import COMPARISONS, evaluate_protocol, evaluate_scores
 
     method = str(cfg.score.method)
     method = method if method in MAP_BASED else "smooth_max"

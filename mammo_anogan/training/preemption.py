@@ -200,6 +200,16 @@ class PreemptionCheckpoint(PreemptionSignals):
             self.requeued = requeue_slurm_job()
 
 
+def stopped_by_preemption(trainer: pl.Trainer, kimg: float, run_dir: Any) -> bool:
+    """After ``trainer.fit``: whether a :class:`PreemptionCheckpoint` stopped the run; if so, log how
+    to resume it (``hydra.run.dir=<run_dir> ckpt_path=last``). Nothing may be exported then."""
+    preemption = next((c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint)), None)
+    if preemption is None or not preemption.preempted:
+        return False
+    log.warning("pre-empted at kimg %.3f: resume with hydra.run.dir=%s ckpt_path=last", kimg, run_dir)
+    return True
+
+
 class ScoringPreempted(Exception):
     """Raised at a batch boundary of a projection run after SIGTERM / SIGUSR1."""
 
