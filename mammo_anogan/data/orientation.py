@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mammo_anogan.data.rejections import RejectedInput
+
 LEFT, RIGHT = "L", "R"
 #: Views whose top edge is the patient's head side (column direction F when stored upright).
 _HEAD_UP_VIEWS = frozenset({"MLO", "ML", "LM", "LMO", "SIO", "ISO", "AT"})
@@ -157,8 +159,6 @@ def resolve_orientation(
         f"pixels say {_side_name(pixel_side)}"
     )
     if policy == "reject":
-        from mammo_anogan.data.preprocess import RejectedInput  # preprocess imports this module
-
         raise RejectedInput(f"orientation contradiction ({conflict})")
     if policy == "header":
         return Orientation(

@@ -26,17 +26,9 @@ from mammo_anogan.data.film_checks import (
     lower_lifted_background,
     mask_problem,
 )
+from mammo_anogan.data.rejections import RejectedInput
 
 LATERALITY_UNKNOWN = "U"
-
-
-class RejectedInput(Exception):
-    """An input that cannot or must not be prepared; the message is the one-line reason.
-
-    Raised anywhere in the per-file pipeline and turned into a ``rejected.csv`` row by the caller,
-    so a bad file never stops the run and is never dropped silently. Messages must not contain
-    paths or header values that could identify a patient.
-    """
 
 
 @dataclass(frozen=True)
