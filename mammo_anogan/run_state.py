@@ -313,6 +313,8 @@ def _projection_values(cfg: DictConfig, settings: Any) -> dict[str, Any]:
     values["encoder"] = file_digest(str(cfg.encoder)) if uses_encoder and cfg.get("encoder") else None
     if OmegaConf.select(cfg, "projection.refine.enabled", default=False):  # off: no refinement at all
         values.update(config_values(cfg, ["projection.refine"]))
+    else:  # recorded either way: only keys on both sides are compared, so an absent key never refuses
+        values["projection.refine.enabled"] = False
     # The lesion-sensitive scores' settings (smoothing, component threshold, ...): every row stores them.
     values.update(config_values(cfg, [f"score.{key}" for key in MAP_SCORE_KEYS]))
     return values

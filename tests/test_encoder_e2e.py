@@ -9,6 +9,7 @@ records the pick, and the oracle block is computed from the lesion-free twins.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,29 @@ def test_resume_refuses_a_scores_csv_with_other_columns(tmp_path) -> None:
     fresh = tmp_path / "fresh"
     ScoreWriter(fresh)  # a new run dir gets today's header, and appending to it again is fine
     ScoreWriter(fresh)
+
+
+def test_score_resume_and_threshold_refuse_a_toggled_refinement(workspace, tmp_path) -> None:
+    from mammo_anogan.anomaly.outputs import SCORES_FILE
+    from mammo_anogan.run_state import check_threshold_record, score_start_checks, start_score_run_dir
+    from mammo_anogan.score import projection_settings
+
+    base = (f"generator={workspace['generator']}", "projection.loss=mse", "projection.steps=1")
+    settings = {
+        refine: _compose("score", workspace["root"], *base, f"projection.refine.enabled={refine}")
+        for refine in (False, True)
+    }
+    for before, after in ((False, True), (True, False)):
+        run_dir = tmp_path / f"run_{before}"
+        cfg = settings[before]
+        state = score_start_checks(cfg, run_dir, projection_settings(cfg.projection))
+        start_score_run_dir(run_dir, state.scores, resume=True)
+        (run_dir / SCORES_FILE).write_text("image_id,split\nabc,val\n")  # rows scored with `before`
+        changed = f"projection.refine.enabled={str(before).lower()} (now {str(after).lower()})"
+        cfg = settings[after]
+        with pytest.raises(UserError, match=re.escape(changed)):
+            score_start_checks(cfg, run_dir, projection_settings(cfg.projection))
+        record = {"fingerprint": state.threshold.to_dict()}
+        now = score_start_checks(cfg, tmp_path / f"new_{before}", projection_settings(cfg.projection))
+        with pytest.raises(UserError, match=re.escape(changed)):
+            check_threshold_record(record, now.threshold, "earlier")
