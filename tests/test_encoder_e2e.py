@@ -135,6 +135,34 @@ def test_train_encoder_resume_then_one_pass_scoring_with_auto_and_oracle(workspa
         saved["threshold"]
     )
     assert reuse["threshold_source"] == "threshold_from"
+    # ... and naming the pick explicitly (what the error of another method advises) reuses it too
+    named = [o for o in score_overrides if not o.startswith("score.method=")]
+    explicit = run_score(
+        _compose(
+            "score", workspace["root"], *named, f"score.method={saved['score_method']}",
+            f"score.threshold_from={run_dir}", "score.splits=[test]", "score.figures=false",
+            "score.oracle=false",
+        ),
+        tmp_path / "explicit",
+    )  # fmt: skip
+    assert explicit["threshold"] == pytest.approx(saved["threshold"])
+    assert explicit["auc"] == pytest.approx(reuse["auc"])
+    # a threshold fitted for an explicit method is reused by auto as well (auto takes the recorded method)
+    fitted = _compose(
+        "score", workspace["root"], *named, f"score.method={saved['score_method']}", "score.figures=false",
+        "score.oracle=false",
+    )  # fmt: skip
+    run_score(fitted, tmp_path / "fitted")
+    again = run_score(
+        _compose(
+            "score", workspace["root"], *score_overrides, f"score.threshold_from={tmp_path / 'fitted'}",
+            "score.splits=[test]", "score.figures=false", "score.oracle=false",
+        ),
+        tmp_path / "again",
+    )  # fmt: skip
+    assert again["score_method"] == saved["score_method"] and again["threshold"] == pytest.approx(
+        saved["threshold"]
+    )
 
 
 def test_encoder_of_another_generator_is_refused(workspace, tmp_path) -> None:
