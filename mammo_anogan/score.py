@@ -173,6 +173,8 @@ def check_score_config(score_cfg: Any) -> None:
     if score_cfg.method == "auto" and "val" not in score_cfg.splits and not score_cfg.get("threshold_from"):
         raise ConfigError("score.method=auto picks the score on validation: score.splits must include val")
     MapScoreSettings.from_config(score_cfg)  # one-line ConfigError for a bad lesion-score key
+    if str(score_cfg.get("oracle", "auto")).lower() not in ("auto", "true", "false"):
+        raise ConfigError(f"score.oracle must be one of auto, true, false, got {score_cfg.oracle!r}")
     unknown = [split for split in score_cfg.splits if split not in ("train", "val", "test")]
     if unknown or not score_cfg.splits:
         raise ConfigError(

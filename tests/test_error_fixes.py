@@ -696,6 +696,7 @@ def test_generator_at_another_resolution(generator_file: Path, tmp_path: Path) -
         ("method", "median", "score.method must be one of mean_map", "best_map"),
         ("comparison", "all", "score.comparison must be one of abnormal_vs_normal", "malignant_vs_normal"),
         ("splits", ["holdout"], "a non-empty subset of [train, val, test]", ["train", "test"]),
+        ("oracle", "maybe", "score.oracle must be one of auto, true, false", False),
     ],
 )
 def test_score_values(base_configs: dict[str, DictConfig], key: str, bad: Any, named: str, good: Any) -> None:
