@@ -89,8 +89,21 @@ def perceptual_network(settings: dict[str, Any]) -> torch.nn.Module | None:
     try:
         return build_lpips_network("vgg", settings.get("lpips_weights"))
     except (UserError, ImportError) as err:
-        if mode == "true":
-            raise
+        if mode == "true":  # the loader's own message names projection.* keys, not this run's
+            given = settings.get("lpips_weights")
+            if isinstance(err, ImportError):
+                cause = f"the lpips package is missing ({err})"
+            elif not given:
+                cause = f"not in {Path(torch.hub.get_dir()) / 'checkpoints'} and not downloadable (offline?)"
+            elif not Path(str(given)).expanduser().is_file():
+                cause = f"no such file: {given}"
+            else:
+                cause = str(err).replace("projection.lpips_weights", "encoder_train.lpips_weights")
+            raise UserError(
+                f"encoder_train.perceptual=true needs LPIPS-VGG's ImageNet weights vgg16-397923af.pth: "
+                f"{cause}; set encoder_train.lpips_weights=/path/to/vgg16-397923af.pth, or "
+                "encoder_train.perceptual=auto to train without the perceptual term"
+            ) from err
         log.info("encoder.perceptual=auto: no perceptual term (%s)", str(err).splitlines()[0])
         return None
 

@@ -228,3 +228,14 @@ def test_score_resume_and_threshold_refuse_a_toggled_refinement(workspace, tmp_p
         now = score_start_checks(cfg, tmp_path / f"new_{before}", projection_settings(cfg.projection))
         with pytest.raises(UserError, match=re.escape(changed)):
             check_threshold_record(record, now.threshold, "earlier")
+
+
+def test_encoder_perceptual_true_without_weights_names_encoder_keys(tmp_path) -> None:
+    from mammo_anogan.train_encoder import perceptual_network
+    from mammo_anogan.training.encoder_module import encoder_settings
+
+    settings = encoder_settings({"perceptual": "true", "lpips_weights": str(tmp_path / "vgg16.pth")})
+    with pytest.raises(UserError, match="encoder_train.lpips_weights=") as err:
+        perceptual_network(settings)
+    assert "projection." not in str(err.value)
+    assert perceptual_network({**settings, "perceptual": "auto"}) is None  # auto: no perceptual term
