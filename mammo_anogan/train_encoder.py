@@ -29,11 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 import mammo_anogan.utils.config  # noqa: F401  (registers the resolvers before Hydra composes)
 from mammo_anogan.config_schema import validate_data
 from mammo_anogan.models.encoder import ENCODER_FILE, encoder_for_generator, save_encoder
+from mammo_anogan.run_state import check_resume, encoder_training_fingerprint
 from mammo_anogan.train import (
     CHECKPOINT_DIR,
     THIRD_PARTY_CONFIG_ERRORS,
     AtomicCheckpointIO,
     KimgCheckpoint,
+    RunFingerprint,
     fit_trainer,
     instantiate_block,
     instantiate_loggers,
@@ -179,6 +181,9 @@ def train_encoder(cfg: DictConfig) -> Path | None:
     if not (dataset_dir / "manifest.csv").is_file():
         raise UserError(f"no prepared dataset at {dataset_dir}: run python -m mammo_anogan.prepare first")
     generator, discriminator, generator_hash = load_networks(cfg)
+    # a resumed checkpoint must come from this generator, discriminator and these settings (one line)
+    fingerprint = encoder_training_fingerprint(cfg, settings, dataset_dir, resolve_precision(cfg.trainer))
+    resume = check_resume(resolve_ckpt_path(cfg, run_dir), fingerprint)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         remove_stale_temp_files(run_dir / CHECKPOINT_DIR)
         save_sanitised_config(cfg, run_dir, dataset_salt(dataset_dir))
@@ -193,8 +198,10 @@ def train_encoder(cfg: DictConfig) -> Path | None:
             f"the train split has {len(datamodule.dataset('train'))} normal images, fewer than "
             f"data.loader.batch_size={cfg.data.loader.batch_size}"
         )
+    resume.check_fits(module)  # a checkpoint from before fingerprints: one line, not a traceback
     trainer = build_trainer(cfg, run_dir, fitted)
-    ckpt_path = resolve_ckpt_path(cfg, run_dir)
+    trainer.callbacks.append(RunFingerprint(fingerprint))
+    ckpt_path = resume.path
     log.info(
         "training the encoder on %d normal images for %.1f kimg (generator %s)",
         len(datamodule.dataset("train")),

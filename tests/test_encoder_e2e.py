@@ -204,6 +204,40 @@ def test_resume_refuses_a_scores_csv_with_other_columns(tmp_path) -> None:
     ScoreWriter(fresh)
 
 
+def test_train_encoder_resume_refuses_another_generator_or_trunk(workspace, tmp_path) -> None:
+    from mammo_anogan.models.stylegan2 import Generator, save_network
+    from mammo_anogan.train_encoder import train_encoder
+
+    enc_dir = tmp_path / "encoder"
+    train_encoder(_encoder_cfg(workspace, enc_dir, "encoder_train.total_kimg=0.008", "export=false"))
+    torch.manual_seed(1)
+    other = Generator(
+        z_dim=16, w_dim=16, img_resolution=32, channel_base=256, channel_max=16, mapping_layers=1
+    )
+    other_path = tmp_path / "other" / "generator.pt"
+    save_network(other, other_path)
+    (tmp_path / "other" / "discriminator.pt").write_bytes(
+        (workspace["generator"].parent / "discriminator.pt").read_bytes()
+    )
+    resume = ("encoder_train.total_kimg=0.016", "ckpt_path=last")
+    with pytest.raises(UserError, match=r"different settings: generator=\w+ \(now \w+\)"):
+        train_encoder(_encoder_cfg(workspace, enc_dir, *resume, f"generator={other_path}"))
+    with pytest.raises(UserError, match=re.escape("encoder_train.channel_max=16 (now 8)")):
+        train_encoder(_encoder_cfg(workspace, enc_dir, *resume, "encoder_train.channel_max=8"))
+    assert not (enc_dir / "encoder.pt").exists()  # refused before any export
+
+
+def test_encoder_perceptual_true_without_weights_names_encoder_keys(tmp_path) -> None:
+    from mammo_anogan.train_encoder import perceptual_network
+    from mammo_anogan.training.encoder_module import encoder_settings
+
+    settings = encoder_settings({"perceptual": "true", "lpips_weights": str(tmp_path / "vgg16.pth")})
+    with pytest.raises(UserError, match="encoder_train.lpips_weights=") as err:
+        perceptual_network(settings)
+    assert "projection." not in str(err.value)
+    assert perceptual_network({**settings, "perceptual": "auto"}) is None  # auto: no perceptual term
+
+
 def test_score_resume_and_threshold_refuse_a_toggled_refinement(workspace, tmp_path) -> None:
     from mammo_anogan.anomaly.outputs import SCORES_FILE
     from mammo_anogan.run_state import check_threshold_record, score_start_checks, start_score_run_dir
@@ -228,14 +262,3 @@ def test_score_resume_and_threshold_refuse_a_toggled_refinement(workspace, tmp_p
         now = score_start_checks(cfg, tmp_path / f"new_{before}", projection_settings(cfg.projection))
         with pytest.raises(UserError, match=re.escape(changed)):
             check_threshold_record(record, now.threshold, "earlier")
-
-
-def test_encoder_perceptual_true_without_weights_names_encoder_keys(tmp_path) -> None:
-    from mammo_anogan.train_encoder import perceptual_network
-    from mammo_anogan.training.encoder_module import encoder_settings
-
-    settings = encoder_settings({"perceptual": "true", "lpips_weights": str(tmp_path / "vgg16.pth")})
-    with pytest.raises(UserError, match="encoder_train.lpips_weights=") as err:
-        perceptual_network(settings)
-    assert "projection." not in str(err.value)
-    assert perceptual_network({**settings, "perceptual": "auto"}) is None  # auto: no perceptual term
