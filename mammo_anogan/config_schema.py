@@ -222,6 +222,11 @@ def validate_projection(cfg: DictConfig) -> DictConfig:
     _choice("projection.init", projection.init, PROJECTION_INITS)
     for key in ("num_seeds", "batch_images", "w_std_samples"):
         _at_least(f"projection.{key}", projection[key], 1)
+    if projection.init == "seeds" and projection.steps == 0:
+        raise ConfigError(
+            "projection.steps=0 is out of range; it must be >= 1 (steps=0, f-AnoGAN's one pass G(E(x)), "
+            "needs an encoder start: projection.init=encoder projection.space=w_plus encoder=PATH)"
+        )
     _at_least("projection.steps", projection.steps, 1 if projection.init == "seeds" else 0)
     _at_least("projection.max_restarts", projection.max_restarts, 0)
     _at_least("projection.pixel_weight", projection.pixel_weight, 0)

@@ -8,6 +8,7 @@ artifact               fingerprint (kind: where it is stored)      checked by
 =====================  ==========================================  ===================================
 prepared dataset       ``dataset``: ``<dataset>/fingerprint.json``  prepare (resume), train, score
 checkpoint             ``training``: ``"fingerprint"`` in the file  train (``ckpt_path``)
+encoder checkpoint     ``encoder_training``: in the file           train_encoder (``ckpt_path``)
 generator.pt / D.pt    ``training`` + ``cur_nimg``: in the file     score (G and D from one moment)
 scores.csv + maps/     ``scores``: ``<run dir>/fingerprint.json``   score (resume)
 threshold.json         ``threshold``: ``"fingerprint"`` in the JSON  score (``score.threshold_from``)
@@ -193,10 +194,30 @@ def training_fingerprint(cfg: DictConfig, dataset_dir: str | os.PathLike[str], p
     return make_fingerprint("training", values)
 
 
+#: ``encoder_train.*`` keys that may change when an encoder run resumes (its length, where LPIPS lies).
+ENCODER_RESUMABLE_KEYS = ("total_kimg", "lpips_weights")
+
+
+def encoder_training_fingerprint(
+    cfg: DictConfig, settings: Mapping[str, Any], dataset_dir: str | os.PathLike[str], precision: str
+) -> Fingerprint:
+    """Fingerprint of ``train_encoder`` checkpoints: the frozen G (and D), ``encoder_train.*``, the data."""
+    values: dict[str, Any] = {
+        f"encoder_train.{key}": value for key, value in settings.items() if key not in ENCODER_RESUMABLE_KEYS
+    }
+    values["generator"] = file_digest(str(cfg.generator))
+    uses_d = float(settings.get("feature_weight", 0.0)) > 0
+    values["discriminator"] = file_digest(discriminator_path(cfg)) if uses_d else None
+    values.update(config_values(cfg, ["data.resolution", "data.loader.batch_size", "data.loader.augment"]))
+    values["trainer.precision"] = precision
+    values.update(_dataset_values(cfg, Path(dataset_dir)))
+    return make_fingerprint("encoder_training", values)
+
+
 def _legacy_training_fingerprint(checkpoint: Mapping[str, Any]) -> Fingerprint | None:
     """For checkpoints written before fingerprints: the network and optimisation settings it stores."""
     hparams = checkpoint.get("hyper_parameters")
-    if not isinstance(hparams, Mapping):
+    if not isinstance(hparams, Mapping) or "encoder" in hparams:  # an encoder's: nothing to compare
         return None
     loss = dict(hparams.get("loss") or {})
     values = {
@@ -313,6 +334,8 @@ def _projection_values(cfg: DictConfig, settings: Any) -> dict[str, Any]:
     values["encoder"] = file_digest(str(cfg.encoder)) if uses_encoder and cfg.get("encoder") else None
     if OmegaConf.select(cfg, "projection.refine.enabled", default=False):  # off: no refinement at all
         values.update(config_values(cfg, ["projection.refine"]))
+    else:  # recorded either way: only keys on both sides are compared, so an absent key never refuses
+        values["projection.refine.enabled"] = False
     # The lesion-sensitive scores' settings (smoothing, component threshold, ...): every row stores them.
     values.update(config_values(cfg, [f"score.{key}" for key in MAP_SCORE_KEYS]))
     return values
@@ -394,6 +417,10 @@ def check_threshold_record(record: Mapping[str, Any], expected: Fingerprint, sou
             "projection.steps": record.get("steps"),
         }
         recorded = make_fingerprint("threshold", {k: v for k, v in legacy.items() if v is not None})
+    found = Fingerprint.from_dict(recorded)
+    if found is not None and found.values.get("score.method") == "auto" and record.get("score_method"):
+        # written by score.method=auto before its pick was recorded in the fingerprint
+        recorded = found.replace({"score.method": record["score_method"]})
     check_fingerprint(
         recorded,
         expected,

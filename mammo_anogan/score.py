@@ -169,6 +169,8 @@ def check_score_config(score_cfg: Any) -> None:
     if score_cfg.method == "auto" and "val" not in score_cfg.splits and not score_cfg.get("threshold_from"):
         raise ConfigError("score.method=auto picks the score on validation: score.splits must include val")
     MapScoreSettings.from_config(score_cfg)  # one-line ConfigError for a bad lesion-score key
+    if str(score_cfg.get("oracle", "auto")).lower() not in ("auto", "true", "false"):
+        raise ConfigError(f"score.oracle must be one of auto, true, false, got {score_cfg.oracle!r}")
     unknown = [split for split in score_cfg.splits if split not in ("train", "val", "test")]
     if unknown or not score_cfg.splits:
         raise ConfigError(
@@ -428,7 +430,13 @@ def run_score(
     if cfg.score.threshold_from:
         requested = None if cfg.score.method == "auto" else str(cfg.score.method)  # auto: the recorded pick
         threshold_record = read_threshold(cfg.score.threshold_from, generator_hash, requested)
-        check_threshold_record(threshold_record, fingerprints.threshold, str(cfg.score.threshold_from))
+        # the threshold is on the scale of the method it was fitted for: auto reuses the recorded one
+        method = requested or str(threshold_record.get("score_method") or cfg.score.method)
+        check_threshold_record(
+            threshold_record,
+            fingerprints.threshold.replace({"score.method": method}),
+            str(cfg.score.threshold_from),
+        )
     loss_fn = build_loss(cfg, lpips_net)
     feature_distance = feature_distance_module(cfg)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # all checks passed; no row or map yet
@@ -498,7 +506,10 @@ def run_score(
                 "loss": str(cfg.projection.loss),
                 "steps": settings.steps,
                 "comparison": str(cfg.score.comparison),
-                "fingerprint": fingerprints.threshold.to_dict(),
+                # the picked method (auto): a threshold is on that method's scale
+                "fingerprint": fingerprints.threshold.replace(
+                    {"score.method": str(cfg.score.method)}
+                ).to_dict(),
             },
         )
     figures = write_figures(run_dir, metrics, cfg) if cfg.score.figures else []

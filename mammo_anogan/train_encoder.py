@@ -29,11 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 import mammo_anogan.utils.config  # noqa: F401  (registers the resolvers before Hydra composes)
 from mammo_anogan.config_schema import validate_data
 from mammo_anogan.models.encoder import ENCODER_FILE, encoder_for_generator, save_encoder
+from mammo_anogan.run_state import check_resume, encoder_training_fingerprint
 from mammo_anogan.train import (
     CHECKPOINT_DIR,
     THIRD_PARTY_CONFIG_ERRORS,
     AtomicCheckpointIO,
     KimgCheckpoint,
+    RunFingerprint,
     fit_trainer,
     instantiate_block,
     instantiate_loggers,
@@ -89,8 +91,21 @@ def perceptual_network(settings: dict[str, Any]) -> torch.nn.Module | None:
     try:
         return build_lpips_network("vgg", settings.get("lpips_weights"))
     except (UserError, ImportError) as err:
-        if mode == "true":
-            raise
+        if mode == "true":  # the loader's own message names projection.* keys, not this run's
+            given = settings.get("lpips_weights")
+            if isinstance(err, ImportError):
+                cause = f"the lpips package is missing ({err})"
+            elif not given:
+                cause = f"not in {Path(torch.hub.get_dir()) / 'checkpoints'} and not downloadable (offline?)"
+            elif not Path(str(given)).expanduser().is_file():
+                cause = f"no such file: {given}"
+            else:
+                cause = str(err).replace("projection.lpips_weights", "encoder_train.lpips_weights")
+            raise UserError(
+                f"encoder_train.perceptual=true needs LPIPS-VGG's ImageNet weights vgg16-397923af.pth: "
+                f"{cause}; set encoder_train.lpips_weights=/path/to/vgg16-397923af.pth, or "
+                "encoder_train.perceptual=auto to train without the perceptual term"
+            ) from err
         log.info("encoder.perceptual=auto: no perceptual term (%s)", str(err).splitlines()[0])
         return None
 
@@ -166,6 +181,9 @@ def train_encoder(cfg: DictConfig) -> Path | None:
     if not (dataset_dir / "manifest.csv").is_file():
         raise UserError(f"no prepared dataset at {dataset_dir}: run python -m mammo_anogan.prepare first")
     generator, discriminator, generator_hash = load_networks(cfg)
+    # a resumed checkpoint must come from this generator, discriminator and these settings (one line)
+    fingerprint = encoder_training_fingerprint(cfg, settings, dataset_dir, resolve_precision(cfg.trainer))
+    resume = check_resume(resolve_ckpt_path(cfg, run_dir), fingerprint)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         remove_stale_temp_files(run_dir / CHECKPOINT_DIR)
         save_sanitised_config(cfg, run_dir, dataset_salt(dataset_dir))
@@ -180,8 +198,10 @@ def train_encoder(cfg: DictConfig) -> Path | None:
             f"the train split has {len(datamodule.dataset('train'))} normal images, fewer than "
             f"data.loader.batch_size={cfg.data.loader.batch_size}"
         )
+    resume.check_fits(module)  # a checkpoint from before fingerprints: one line, not a traceback
     trainer = build_trainer(cfg, run_dir, fitted)
-    ckpt_path = resolve_ckpt_path(cfg, run_dir)
+    trainer.callbacks.append(RunFingerprint(fingerprint))
+    ckpt_path = resume.path
     log.info(
         "training the encoder on %d normal images for %.1f kimg (generator %s)",
         len(datamodule.dataset("train")),

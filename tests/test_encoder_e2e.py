@@ -9,6 +9,7 @@ records the pick, and the oracle block is computed from the lesion-free twins.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,34 @@ def test_train_encoder_resume_then_one_pass_scoring_with_auto_and_oracle(workspa
         saved["threshold"]
     )
     assert reuse["threshold_source"] == "threshold_from"
+    # ... and naming the pick explicitly (what the error of another method advises) reuses it too
+    named = [o for o in score_overrides if not o.startswith("score.method=")]
+    explicit = run_score(
+        _compose(
+            "score", workspace["root"], *named, f"score.method={saved['score_method']}",
+            f"score.threshold_from={run_dir}", "score.splits=[test]", "score.figures=false",
+            "score.oracle=false",
+        ),
+        tmp_path / "explicit",
+    )  # fmt: skip
+    assert explicit["threshold"] == pytest.approx(saved["threshold"])
+    assert explicit["auc"] == pytest.approx(reuse["auc"])
+    # a threshold fitted for an explicit method is reused by auto as well (auto takes the recorded method)
+    fitted = _compose(
+        "score", workspace["root"], *named, f"score.method={saved['score_method']}", "score.figures=false",
+        "score.oracle=false",
+    )  # fmt: skip
+    run_score(fitted, tmp_path / "fitted")
+    again = run_score(
+        _compose(
+            "score", workspace["root"], *score_overrides, f"score.threshold_from={tmp_path / 'fitted'}",
+            "score.splits=[test]", "score.figures=false", "score.oracle=false",
+        ),
+        tmp_path / "again",
+    )  # fmt: skip
+    assert again["score_method"] == saved["score_method"] and again["threshold"] == pytest.approx(
+        saved["threshold"]
+    )
 
 
 def test_encoder_of_another_generator_is_refused(workspace, tmp_path) -> None:
@@ -173,3 +202,63 @@ def test_resume_refuses_a_scores_csv_with_other_columns(tmp_path) -> None:
     fresh = tmp_path / "fresh"
     ScoreWriter(fresh)  # a new run dir gets today's header, and appending to it again is fine
     ScoreWriter(fresh)
+
+
+def test_train_encoder_resume_refuses_another_generator_or_trunk(workspace, tmp_path) -> None:
+    from mammo_anogan.models.stylegan2 import Generator, save_network
+    from mammo_anogan.train_encoder import train_encoder
+
+    enc_dir = tmp_path / "encoder"
+    train_encoder(_encoder_cfg(workspace, enc_dir, "encoder_train.total_kimg=0.008", "export=false"))
+    torch.manual_seed(1)
+    other = Generator(
+        z_dim=16, w_dim=16, img_resolution=32, channel_base=256, channel_max=16, mapping_layers=1
+    )
+    other_path = tmp_path / "other" / "generator.pt"
+    save_network(other, other_path)
+    (tmp_path / "other" / "discriminator.pt").write_bytes(
+        (workspace["generator"].parent / "discriminator.pt").read_bytes()
+    )
+    resume = ("encoder_train.total_kimg=0.016", "ckpt_path=last")
+    with pytest.raises(UserError, match=r"different settings: generator=\w+ \(now \w+\)"):
+        train_encoder(_encoder_cfg(workspace, enc_dir, *resume, f"generator={other_path}"))
+    with pytest.raises(UserError, match=re.escape("encoder_train.channel_max=16 (now 8)")):
+        train_encoder(_encoder_cfg(workspace, enc_dir, *resume, "encoder_train.channel_max=8"))
+    assert not (enc_dir / "encoder.pt").exists()  # refused before any export
+
+
+def test_encoder_perceptual_true_without_weights_names_encoder_keys(tmp_path) -> None:
+    from mammo_anogan.train_encoder import perceptual_network
+    from mammo_anogan.training.encoder_module import encoder_settings
+
+    settings = encoder_settings({"perceptual": "true", "lpips_weights": str(tmp_path / "vgg16.pth")})
+    with pytest.raises(UserError, match="encoder_train.lpips_weights=") as err:
+        perceptual_network(settings)
+    assert "projection." not in str(err.value)
+    assert perceptual_network({**settings, "perceptual": "auto"}) is None  # auto: no perceptual term
+
+
+def test_score_resume_and_threshold_refuse_a_toggled_refinement(workspace, tmp_path) -> None:
+    from mammo_anogan.anomaly.outputs import SCORES_FILE
+    from mammo_anogan.run_state import check_threshold_record, score_start_checks, start_score_run_dir
+    from mammo_anogan.score import projection_settings
+
+    base = (f"generator={workspace['generator']}", "projection.loss=mse", "projection.steps=1")
+    settings = {
+        refine: _compose("score", workspace["root"], *base, f"projection.refine.enabled={refine}")
+        for refine in (False, True)
+    }
+    for before, after in ((False, True), (True, False)):
+        run_dir = tmp_path / f"run_{before}"
+        cfg = settings[before]
+        state = score_start_checks(cfg, run_dir, projection_settings(cfg.projection))
+        start_score_run_dir(run_dir, state.scores, resume=True)
+        (run_dir / SCORES_FILE).write_text("image_id,split\nabc,val\n")  # rows scored with `before`
+        changed = f"projection.refine.enabled={str(before).lower()} (now {str(after).lower()})"
+        cfg = settings[after]
+        with pytest.raises(UserError, match=re.escape(changed)):
+            score_start_checks(cfg, run_dir, projection_settings(cfg.projection))
+        record = {"fingerprint": state.threshold.to_dict()}
+        now = score_start_checks(cfg, tmp_path / f"new_{before}", projection_settings(cfg.projection))
+        with pytest.raises(UserError, match=re.escape(changed)):
+            check_threshold_record(record, now.threshold, "earlier")

@@ -146,7 +146,7 @@ VALIDATOR_CASES = [
     ("score", "projection.pixel_norm", "l3", ["use one of l1, l2"], "l2"),
     ("score", "projection.precision", "fp16", ["use one of bf16, fp32"], "fp32"),
     ("score", "projection.num_seeds", 0, ["must be >= 1"], 1),
-    ("score", "projection.steps", 0, ["must be >= 1"], 1),
+    ("score", "projection.steps", 0, ["must be >= 1", "needs an encoder start: projection.init=encoder"], 1),
     ("score", "projection.batch_images", 0, ["must be >= 1"], 1),
     ("score", "projection.w_std_samples", 0, ["must be >= 1"], 1),
     ("score", "projection.max_restarts", -1, ["must be >= 0"], 0),
@@ -696,6 +696,7 @@ def test_generator_at_another_resolution(generator_file: Path, tmp_path: Path) -
         ("method", "median", "score.method must be one of mean_map", "best_map"),
         ("comparison", "all", "score.comparison must be one of abnormal_vs_normal", "malignant_vs_normal"),
         ("splits", ["holdout"], "a non-empty subset of [train, val, test]", ["train", "test"]),
+        ("oracle", "maybe", "score.oracle must be one of auto, true, false", False),
     ],
 )
 def test_score_values(base_configs: dict[str, DictConfig], key: str, bad: Any, named: str, good: Any) -> None:
