@@ -206,7 +206,11 @@ def stopped_by_preemption(trainer: pl.Trainer, kimg: float, run_dir: Any) -> boo
     preemption = next((c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint)), None)
     if preemption is None or not preemption.preempted:
         return False
-    log.warning("pre-empted at kimg %.3f: resume with hydra.run.dir=%s ckpt_path=last", kimg, run_dir)
+    log.warning(
+        "pre-empted at kimg %.3f: resume with the same command plus hydra.run.dir=%s ckpt_path=last",
+        kimg,
+        run_dir,
+    )
     return True
 
 
