@@ -47,6 +47,8 @@ if [ "$DRY" = "1" ]; then  # tiny sizes on the CPU: every command and path is ex
   TRAIN_BENCH_512=(--resolutions 64 --channel-base 256 --channel-max 32 --batch 4 --steps 4 --warmup 1)
   SCORE_BENCH=(--resolution 32 --seeds 2 --steps 2 --images 2 --batch-images 2 --channel-base 256
                --channel-max 32 --latent-dim 32 --loss lpips_alex --random-lpips --device cpu)
+  ENCODER_BENCH=(--resolution 32 --init encoder --steps 10 --lr 0.01 --images 8 --batch-images 4
+                 --channel-base 256 --channel-max 32 --latent-dim 32 --loss mse --device cpu)
   TRAIN_ARGS=(trainer=cpu model.generator.channel_base=256 model.generator.channel_max=16
               model.generator.z_dim=32 model.generator.w_dim=32 model.generator.mapping_layers=2
               data.loader.batch_size=4)
@@ -60,6 +62,9 @@ else
   TRAIN_BENCH_512=(--resolutions 512 --channel-base 32768 --batch 32 --steps 16 --warmup 3 --profile-steps 3)
   SCORE_BENCH=(--resolution 512 --seeds 9 --steps 20 --images 8 --batch-images 8 --loss lpips_vgg
                --random-lpips)
+  # issue 12: the encoder-initialised scoring path (random-init paper widths; 10 W+ steps like the demo)
+  ENCODER_BENCH=(--resolution 256 --init encoder --steps 10 --lr 0.01 --images 256 --batch-images 64
+                 --loss mse)
   TRAIN_ARGS=()
   SCORE_ARGS=(projection.steps=20 projection.num_seeds=9 projection.batch_images=16)
   TRAIN_S=60; RESUME_S=30; TESTS_S=170
@@ -118,6 +123,7 @@ cp "$RUN/score/roc.png" "$OUT_DIR/roc.png" 2>/dev/null
 
 stage bench_train_512 150 bench.log $PY bench/train.py "${TRAIN_BENCH_512[@]}" --json "$OUT_DIR/bench.jsonl"
 stage bench_score 120 bench.log $PY bench/score.py "${SCORE_BENCH[@]}"
+stage bench_score_encoder 90 bench.log $PY bench/score.py "${ENCODER_BENCH[@]}"
 
 if [ "${GPU_CHECK_EXTRA:-0}" = "1" ]; then  # exploration, not part of the check: FIR formulations and
   # the regularisers under autocast instead of fp32
