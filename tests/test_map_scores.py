@@ -58,6 +58,13 @@ def test_component_score_is_the_largest_region_excess() -> None:
     assert float(score[0]) == pytest.approx(1.8, abs=1e-5)
     empty = component_scores(maps, torch.zeros(1, 1, 10, 10), threshold=0.2)
     assert math.isnan(float(empty[0]))
+    # a batch is labelled at once: regions at the same place in neighbouring images stay apart
+    batch = torch.cat([maps, maps, torch.zeros_like(maps), maps.flip(-1)])  # 0 and 1 overlap fully
+    masks = torch.ones(4, 1, 10, 10)
+    masks[2] = 0
+    scores = component_scores(batch, masks, threshold=0.2)
+    assert scores[[0, 1, 3]].tolist() == pytest.approx([1.8, 1.8, 1.8], abs=1e-5)
+    assert math.isnan(float(scores[2]))
 
 
 def test_edge_margin_and_polarity() -> None:

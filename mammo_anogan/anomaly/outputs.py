@@ -27,7 +27,7 @@ import numpy as np
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from mammo_anogan.utils.errors import UserError
-from mammo_anogan.utils.io import AppendOnlyCsv, atomic_write_bytes, atomic_write_text
+from mammo_anogan.utils.io import AppendOnlyCsv, atomic_write_bytes, atomic_write_text, csv_header
 
 SCORES_FILE = "scores.csv"
 THRESHOLD_FILE = "threshold.json"
@@ -160,11 +160,8 @@ class ScoreWriter(BasePredictionWriter):
 
 def _check_header(path: Path) -> None:
     """A resumed run must append to a ``scores.csv`` with today's columns, not an older layout."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    with path.open(encoding="utf-8") as handle:
-        header = handle.readline().strip().split(",")
-    if header != list(SCORE_COLUMNS):
+    header = csv_header(path)
+    if header is not None and header != list(SCORE_COLUMNS):
         raise UserError(
             f"{path} was written with other columns (an older version?): score into a new hydra.run.dir"
         )

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from mammo_anogan.utils.errors import UserError
-from mammo_anogan.utils.io import AppendOnlyCsv, atomic_write_bytes, atomic_write_csv
+from mammo_anogan.utils.io import AppendOnlyCsv, atomic_write_bytes, atomic_write_csv, csv_header
 
 MANIFEST_FILE = "manifest.csv"
 REJECTED_FILE = "rejected.csv"
@@ -79,11 +79,8 @@ def format_geometry(values: Iterable[float]) -> str:
 
 def _check_header(path: Path, columns: tuple[str, ...]) -> None:
     """Refuse to append to a manifest written with other columns (an older version of prepare)."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    with path.open(encoding="utf-8") as handle:
-        header = handle.readline().strip().split(",")
-    if header != list(columns):
+    header = csv_header(path)
+    if header is not None and header != list(columns):
         raise UserError(
             f"{path.name} in prepare.out_dir has other columns (written by another version of prepare): "
             "use prepare.overwrite=true or another prepare.out_dir"

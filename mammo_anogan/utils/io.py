@@ -103,6 +103,18 @@ def atomic_write_csv(
     return atomic_write_text(path, buffer.getvalue())
 
 
+def csv_header(path: str | os.PathLike[str]) -> list[str] | None:
+    """The column names of an existing CSV file; ``None`` when there is no file or it is empty.
+
+    For append-only files (``AppendOnlyCsv``) a resumed run checks this before it appends rows.
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    with path.open(encoding="utf-8") as handle:
+        return handle.readline().strip().split(",")
+
+
 class AppendOnlyCsv:
     """A CSV file that grows one complete row at a time and survives being killed mid-write.
 
