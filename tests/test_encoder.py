@@ -179,3 +179,13 @@ def test_encoder_scoring_under_bf16_autocast_keeps_fp32_codes_and_maps(networks)
     assert torch.isfinite(low.projections).all() and bool(low.valid.all())
     assert (low.latents - reference.latents).abs().max() < 0.05 * reference.latents.abs().max()
     assert (low.projections - reference.projections).abs().max() < 0.1
+    # the anomaly-preserving noise refinement on top: also fp32 and close to its fp32 run
+    from mammo_anogan.anomaly.refine import RefineSettings
+
+    refine = RefineSettings(enabled=True, steps=2, lr=0.05)
+    refined = ProjectionModule(generator, MseLoss(), settings, encoder=encoder, refine=refine)
+    reference = refined.reconstruct(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = refined.reconstruct(images)
+    assert low.projections.dtype == torch.float32 and torch.isfinite(low.projections).all()
+    assert (low.projections - reference.projections).abs().max() < 0.1
