@@ -27,7 +27,7 @@ MISSING_VALUE = "???"
 RESOLUTIONS = tuple(2**k for k in range(3, 13))  # 8 .. 4096 px
 PROJECTION_LOSSES = ("lpips_vgg", "lpips_alex", "disc_features", "ms_ssim", "mse")
 PROJECTION_SPACES = ("w", "w_plus")
-PROJECTION_INITS = ("seeds", "encoder", "encoder+seeds")
+PROJECTION_INITS = ("seeds", "encoder", "encoder+seeds", "encoder+jitter")
 PIXEL_NORMS = ("l1", "l2")
 PRECISIONS = ("bf16", "fp32")
 ON_NONFINITE = ("stop", "skip")
@@ -87,6 +87,7 @@ class ProjectionSchema:
     num_seeds: int = 9
     steps: int = 1000
     init: str = "seeds"
+    init_jitter: float = 0.25
     lr: float = 0.1
     lr_rampup: float = 0.05
     lr_rampdown: float = 0.25
@@ -229,6 +230,7 @@ def validate_projection(cfg: DictConfig) -> DictConfig:
         )
     _at_least("projection.steps", projection.steps, 1 if projection.init == "seeds" else 0)
     _at_least("projection.max_restarts", projection.max_restarts, 0)
+    _at_least("projection.init_jitter", projection.init_jitter, 0)
     _at_least("projection.pixel_weight", projection.pixel_weight, 0)
     if projection.lr <= 0:
         raise ConfigError(f"projection.lr={projection.lr} is out of range; it must be > 0")

@@ -250,6 +250,8 @@ def preprocess_settings(data_cfg: DictConfig) -> PreprocessSettings:
         raise ConfigError(
             "data.preprocess.orientation_conflict must be one of " + ", ".join(ORIENTATION_CONFLICT_POLICIES)
         )
+    if not 0.0 <= float(values.get("crop_margin", 0.02)) <= 0.5:
+        raise ConfigError("data.preprocess.crop_margin must be between 0 and 0.5 (of the breast box side)")
     resolution = int(data_cfg.resolution)
     if resolution < 8:
         raise ConfigError(f"data.resolution must be at least 8 (got {resolution})")

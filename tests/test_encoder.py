@@ -130,6 +130,40 @@ def test_encoder_plus_seeds_adds_the_encoder_start_to_the_seeds(networks) -> Non
         Projector(generator, MseLoss(), both).project(images)
 
 
+def test_encoder_plus_jitter_restarts_around_the_encoder_code_and_nest_in_n(networks) -> None:
+    generator, _ = networks
+    encoder = encoder_for_generator(generator, channel_base=128, channel_max=16)
+    images = _images(2)
+    codes = encoder(images).detach()
+
+    def starts(num_seeds: int, jitter: float = 0.25):
+        settings = ProjectionSettings(
+            init="encoder+jitter", num_seeds=num_seeds, steps=0, space="w_plus", w_std_samples=200,
+            init_jitter=jitter,
+        )
+        return Projector(generator, MseLoss(), settings).project(images, codes).latents
+
+    jitter_settings = ProjectionSettings(init="encoder+jitter", num_seeds=3, space="w_plus")
+    assert start_indices(jitter_settings).tolist() == [0, 1, 2]
+    four = starts(4)
+    assert four.shape == (2, 4, generator.num_ws, generator.w_dim)
+    # start 0 is the encoder's code itself (N = 1 is the encoder start)
+    assert torch.allclose(four[:, 0], codes, atol=1e-6)
+    # restarts are offsets of about init_jitter * w_std per layer, the same offset for every image
+    from mammo_anogan.anomaly.projector import w_statistics
+
+    _, w_std = w_statistics(generator, 200)
+    offsets = four[:, 1:] - codes[:, None]
+    lengths = offsets.norm(dim=-1)
+    assert torch.all(lengths > 0)
+    assert abs(float(lengths.mean()) / (0.25 * float(w_std)) - 1.0) < 0.3
+    assert torch.allclose(offsets[0], offsets[1], atol=1e-6)
+    # nested: the first 2 of 4 starts are the 2-start projection (derive N=1, 9 from N=16)
+    assert torch.allclose(starts(2), four[:, :2], atol=1e-6)
+    # no jitter: every start is the encoder's code
+    assert torch.allclose(starts(3, jitter=0.0), codes[:, None].expand(-1, 3, -1, -1), atol=1e-6)
+
+
 def test_encoder_start_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="w_plus"):
         ProjectionSettings(init="encoder", space="w")

@@ -38,6 +38,8 @@ def _score(workspace: dict[str, Path], run_dir: Path, num_seeds: int) -> dict:
         f"projection.num_seeds={num_seeds}",
         "projection.w_std_samples=100",
         "score.n_bootstrap=20",
+        "score.smooth_sigma=0.5",  # not the default: derived runs must use the source run's settings
+        "score.map_polarity=positive",
         "score.figures=false",
         "++trainer.enable_progress_bar=false",
     ]
@@ -47,9 +49,9 @@ def _score(workspace: dict[str, Path], run_dir: Path, num_seeds: int) -> dict:
     return run_score(cfg, run_dir)
 
 
-def _scores(run_dir: Path) -> dict[tuple[str, str], float]:
+def _scores(run_dir: Path, column: str = "score") -> dict[tuple[str, str], float]:
     with (run_dir / "scores.csv").open(newline="") as handle:
-        return {(row["split"], row["image_id"]): float(row["score"]) for row in csv.DictReader(handle)}
+        return {(row["split"], row["image_id"]): float(row[column]) for row in csv.DictReader(handle)}
 
 
 def test_seed_subsets_equal_a_run_with_fewer_seeds_and_summarize_reads_them(tmp_path: Path) -> None:
@@ -63,6 +65,10 @@ def test_seed_subsets_equal_a_run_with_fewer_seeds_and_summarize_reads_them(tmp_
         got, want = _scores(run_dir), _scores(reference)
         assert got.keys() == want.keys() and len(got) > 0
         for key, value in want.items():  # projections are stored as float16
+            assert got[key] == pytest.approx(value, rel=2e-2, abs=1e-3)
+        # the lesion-sensitive scores with the source run's score.* settings
+        got, want = _scores(run_dir, "score_smooth_max"), _scores(reference, "score_smooth_max")
+        for key, value in want.items():
             assert got[key] == pytest.approx(value, rel=2e-2, abs=1e-3)
     assert _scores(derived[0]) != _scores(derived[1])
     # the ordinary evaluation of a derived run dir (resume: nothing re-projected) + the summary table

@@ -51,6 +51,29 @@ def test_pectoral_triangle_removed_from_mlo_mask() -> None:
     assert not (removed_px & ~pectoral).sum() > 0.05 * removed_px.sum()
 
 
+def test_pectoral_removal_ending_in_a_chest_wall_strip_is_tapered() -> None:
+    """The mini-MIAS failure: the bright component runs on down the chest wall as a strip."""
+    size = 128
+    yy, xx = np.mgrid[0:size, 0:size]
+    breast = xx <= 90 - 0.3 * yy
+    pectoral = xx < 40 - yy
+    strip = (xx < 14) & (yy < 62)  # bright skin fold along the chest wall, below the muscle
+    image = np.where(breast, 100, 0).astype(np.uint8)
+    image[(pectoral | strip) & breast] = 220
+    new_mask, removed = remove_pectoral(image, breast)
+    assert removed
+    removed_px = breast & ~new_mask
+    # without the taper (the earlier heuristic) the removal keeps the full-width strip down to row 61
+    untapered, _ = remove_pectoral(image, breast, max_foot=10.0)
+    assert (breast & ~untapered)[50:62, :14].all()
+    assert not removed_px[50:62, :14].all()
+    widths = removed_px.sum(axis=1)
+    assert widths[0] >= 35 and widths[58] <= 3
+    assert np.all(np.diff(widths[: np.flatnonzero(widths)[-1] + 1]) <= 0)  # never wider further down
+    # the muscle itself is still removed
+    assert (removed_px & pectoral).sum() >= 0.6 * (pectoral & breast).sum()
+
+
 def test_no_pectoral_leaves_mask_unchanged() -> None:
     breast = _half_disc()
     image = np.where(breast, 100, 0).astype(np.uint8)

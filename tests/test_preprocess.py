@@ -158,3 +158,58 @@ def test_fixed_threshold_keeps_a_noisy_film_base_out_of_the_mask() -> None:
     assert (dark & triangle.mask).sum() > 0.1 * triangle.mask.sum()  # triangle takes the film base
     assert (dark & fixed.mask).sum() < 0.02 * fixed.mask.sum()  # 25 does not
     assert fixed.mask[32, :20].all()
+
+
+def _placed(breast: np.ndarray, canvas: tuple[int, int], top: int, chest_gap: int, right: bool) -> np.ndarray:
+    """``breast`` pasted into a black film at row ``top``, ``chest_gap`` px from the chest-wall edge."""
+    film = np.zeros(canvas, dtype=breast.dtype)
+    height, width = breast.shape
+    left = canvas[1] - chest_gap - width if right else chest_gap
+    film[top : top + height, left : left + width] = breast
+    return film
+
+
+@pytest.mark.parametrize("right", [False, True])
+def test_crop_to_breast_removes_the_film_placement(right: bool) -> None:
+    """Placement normalisation: the same breast anywhere on the film gives the same prepared image."""
+    breast = phantom(height=96, width=48, right=right)
+    ramp = 1000 + 15 * np.mgrid[0:96, 0:48][0]  # smooth tissue: the images compare pixel by pixel
+    breast = np.where(breast > 0, ramp, 0).astype(np.uint16)
+    settings = PreprocessSettings(resolution=128, crop_to_breast=True, crop_margin=0.0, mask_threshold=10)
+    lesion = np.array([[20.0, 50.0, 4.0]])  # in the breast's own coordinates
+    outputs = []
+    for top, gap in ((0, 0), (40, 20), (70, 50)):
+        film = _placed(breast, (200, 160), top, gap, right)
+        x0 = 160 - gap - 48 if right else gap
+        circles = lesion + np.array([[x0, top, 0.0]])
+        prepared = prepare_image(_raw(film, laterality="R" if right else "L"), settings, circles)
+        assert prepared.crop_box is not None
+        box_top, box_bottom, box_left, box_right = prepared.crop_box
+        # the box is the breast's (rows top+8..top+88 of the half-ellipse; chest wall at the breast's
+        # edge), found on the full-resolution film (the darkest rows fall below the mask threshold)
+        assert 0 <= box_top - (top + 8) <= 6 and abs(box_bottom - (top + 88)) <= 2
+        assert abs(box_left - x0) <= 1 if not right else abs(box_right - (x0 + 48)) <= 1
+        outputs.append(prepared)
+    first = outputs[0]
+    # the breast fills the canvas from the chest wall on, wherever it sat on the film
+    assert first.mask[:, 0].sum() >= 80
+    for other in outputs[1:]:
+        assert (other.mask != first.mask).mean() < 0.01
+        assert np.abs(other.image.astype(int) - first.image.astype(int)).mean() < 1.0
+        assert other.lesions[0] == pytest.approx(first.lesions[0], abs=0.1)
+    film = _placed(breast, (200, 160), 70, 50, right)
+    uncropped = prepare_image(
+        _raw(film, laterality="R" if right else "L"), PreprocessSettings(resolution=128, mask_threshold=10)
+    )
+    assert uncropped.mask.mean() < 0.6 * first.mask.mean()  # without the crop the breast is small
+
+
+def test_crop_margin_is_checked() -> None:
+    from omegaconf import OmegaConf
+
+    from mammo_anogan.prepare import preprocess_settings
+    from mammo_anogan.utils.errors import ConfigError
+
+    cfg = OmegaConf.create({"resolution": 64, "preprocess": {"crop_to_breast": True, "crop_margin": 0.9}})
+    with pytest.raises(ConfigError, match="crop_margin"):
+        preprocess_settings(cfg)

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
+from mammo_anogan.anomaly.map_scores import MapScoreSettings
 from mammo_anogan.anomaly.outputs import (
     SCORE_COLUMNS,
     SCORES_FILE,
@@ -38,8 +40,18 @@ from mammo_anogan.utils.fingerprint import read_sidecar, write_sidecar
 from mammo_anogan.utils.io import AppendOnlyCsv
 
 
-def subset_result(row: dict, arrays: dict[str, np.ndarray], num_seeds: int) -> ImageResult:
-    """The ImageResult an ``num_seeds``-seed projection gives: the first ``num_seeds`` saved seeds."""
+def subset_result(
+    row: dict,
+    arrays: dict[str, np.ndarray],
+    num_seeds: int,
+    map_settings: MapScoreSettings | None = None,
+) -> ImageResult:
+    """The ImageResult an ``num_seeds``-seed projection gives: the first ``num_seeds`` saved seeds.
+
+    ``map_settings``: the source run's ``score.*`` settings of the lesion-sensitive scores (smoothing,
+    edge margin, polarity, ...), so the subsets' scores are those the source run computed. The
+    ``disc_features`` score needs the discriminator and is left out (NaN) of the subsets.
+    """
     if "projections" not in arrays:
         raise UserError("the source run kept no projections (score.save_projections=false)")
     projections = torch.from_numpy(arrays["projections"][:num_seeds].astype(np.float32))[None]
@@ -48,7 +60,8 @@ def subset_result(row: dict, arrays: dict[str, np.ndarray], num_seeds: int) -> I
     image = torch.from_numpy(arrays["image"])[None]
     mask = torch.from_numpy(arrays["mask"].astype(np.float32))[None]
     maps = difference_maps(image, projections, losses, valid)
-    extra = all_map_scores(maps, mask)
+    topk = map_settings.topk_percent if map_settings is not None else 1.0
+    extra = all_map_scores(maps, mask, topk, map_settings)
     return ImageResult(
         image_id=row["image_id"],
         split=row["split"],
@@ -74,6 +87,11 @@ def subset_result(row: dict, arrays: dict[str, np.ndarray], num_seeds: int) -> I
 def derive(source: Path, sweep_dir: Path, seed_counts: list[int]) -> list[Path]:
     """Write one run dir per seed count under ``sweep_dir`` (job numbers 0, 1, ...)."""
     frame = read_scores(source)
+    map_settings = None
+    if (source / "config.yaml").is_file():  # the source run's score.* settings
+        score_cfg = OmegaConf.load(source / "config.yaml").get("score")
+        if score_cfg is not None:
+            map_settings = MapScoreSettings.from_config(OmegaConf.to_container(score_cfg, resolve=False))
     fingerprint = read_sidecar(source)  # what produced the source scores (mammo_anogan.run_state)
     run_dirs = []
     for job, num_seeds in enumerate(seed_counts):
@@ -83,7 +101,7 @@ def derive(source: Path, sweep_dir: Path, seed_counts: list[int]) -> list[Path]:
         csv = AppendOnlyCsv(run_dir / SCORES_FILE, SCORE_COLUMNS)
         for row in frame.to_dict("records"):
             arrays = load_image_arrays(map_path(source, row["split"], row["image_id"]))
-            result = subset_result(row, arrays, num_seeds)
+            result = subset_result(row, arrays, num_seeds, map_settings)
             save_image_arrays(map_path(run_dir, result.split, result.image_id), result)
             csv.append(result.row())
         for name in ("config.yaml",):

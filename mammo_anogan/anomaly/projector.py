@@ -34,7 +34,7 @@ from mammo_anogan.utils.errors import ConfigError
 from mammo_anogan.utils.torch_compat import supports_fused_adam
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-PROJECTION_INITS = ("seeds", "encoder", "encoder+seeds")
+PROJECTION_INITS = ("seeds", "encoder", "encoder+seeds", "encoder+jitter")
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ class ProjectionSettings:
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the synthesis network
     init: str = "seeds"  # starts: "seeds" (N seeded z) | "encoder" (E(x)) | "encoder+seeds" (E(x) + N seeds)
+    # | "encoder+jitter" (N starts around E(x): start 0 = E(x), start i = E(x) + a seeded offset)
+    init_jitter: float = 0.25  # encoder+jitter: offset length per layer (starts 1..N-1), units of w_std
 
     def __post_init__(self) -> None:
         if self.space not in ("w", "w_plus"):
@@ -263,6 +265,8 @@ def start_indices(settings: ProjectionSettings) -> torch.Tensor:
         return seeds
     if settings.init == "encoder":
         return torch.tensor([-1])
+    if settings.init == "encoder+jitter":
+        return seeds  # every start is the encoder's code; start i > 0 jittered with seed i
     return torch.cat([torch.tensor([-1]), seeds])
 
 
@@ -283,6 +287,25 @@ def encoder_starts(
         for noise, const in zip(noises, stored)
     ]
     return w_start, noises
+
+
+def jittered_offsets(
+    keys: torch.Tensor, seed_index: torch.Tensor, w_start: torch.Tensor, std: torch.Tensor | float
+) -> torch.Tensor:
+    """``projection.init=encoder+jitter``: seeded W+ offsets ``[M, num_ws, w_dim]``, zero for start 0.
+
+    Start ``i`` of every image is ``E(x) + std * eps_i / sqrt(w_dim)`` (per layer an offset of length
+    about ``std``) with ``eps_i`` drawn from the counter-based stream of seed ``i`` (independent of N,
+    so the first ``n`` of ``N`` starts are an ``n``-start projection). ``std`` is
+    ``projection.init_jitter * w_std``. Restarts near the encoder's code, unlike seeded ``z``
+    restarts, still reconstruct the image in a few steps, and their mean averages out what each one
+    fits by chance (the paper's N-seed mean, around E(x)).
+    """
+    eps = counter_normal(keys, stream=-(1 << 20), shape=tuple(w_start.shape[1:])).to(w_start)
+    active = (seed_index > 0).to(w_start.device, w_start.dtype)[:, None, None]
+    # w_std is a length (root of the summed variance): per element std / sqrt(w_dim), so each
+    # layer's offset has a length of about std
+    return eps * (std / math.sqrt(w_start.shape[-1])) * active
 
 
 # --------------------------------------------------------------------------------------- projector
@@ -318,7 +341,8 @@ class Projector:
         """Project ``targets [B, C, H, W]`` in ``[-1, 1]``; returns all ``N`` starts of every image.
 
         ``start_ws [B, num_ws, w_dim]`` (the encoder's W+ codes) is required by ``init=encoder`` /
-        ``encoder+seeds``: start 0 of each image is then its encoder code, the others seeds 0..N-1.
+        ``encoder+seeds``: start 0 of each image is then its encoder code, the others seeds 0..N-1;
+        ``encoder+jitter``: all N starts are the encoder code, start i > 0 offset by seed i's jitter.
         """
         s = self.settings
         starts = start_indices(s)
@@ -386,7 +410,11 @@ class Projector:
                 for i, shape in enumerate(G.synthesis.noise_shapes)
             ]
             if w_init is not None:  # the init hook: encoder starts (projection.init)
-                w_start, noises = encoder_starts(G, seed_index < 0, w_init, w_start, noises)
+                jitter = s.init == "encoder+jitter"
+                from_encoder = torch.ones_like(seed_index, dtype=torch.bool) if jitter else seed_index < 0
+                w_start, noises = encoder_starts(G, from_encoder, w_init, w_start, noises)
+                if jitter:
+                    w_start = w_start + jittered_offsets(keys, seed_index, w_start, s.init_jitter * w_std)
         w = (w_start[:, :1] if s.space == "w" else w_start).clone().requires_grad_(True)
         noises = [noise.requires_grad_(True) for noise in noises]
         if self.device.type == "cuda" and s.channels_last:

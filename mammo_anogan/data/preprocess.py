@@ -200,6 +200,24 @@ def binary_resize(mask: np.ndarray, flip: bool, resolution: int) -> np.ndarray:
     return out
 
 
+def breast_crop_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int]:
+    """Box ``(top, bottom, left, right)`` (end exclusive) around a raw-resolution breast mask.
+
+    The bounding box of ``mask`` ``[H, W]`` widened by ``margin`` times its longer side on every side
+    and clipped to the film. Cropping the raw film to it before padding and resizing puts every breast
+    at the same place and scale (placement normalisation: after flipping, the chest wall sits
+    ``margin`` from the left edge). An empty mask gives the whole film.
+    """
+    height, width = mask.shape[:2]
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return 0, height, 0, width
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    pad = int(round(margin * max(bottom - top, right - left)))
+    return max(0, top - pad), min(height, bottom + pad), max(0, left - pad), min(width, right + pad)
+
+
 @dataclass
 class RawImage:
     """A decoded film plus everything the readers know about it (no patient identifiers).
@@ -233,6 +251,8 @@ class PreprocessSettings:
     mask_threshold: float | None = None
     mask_method: str = "triangle"
     pectoral_removal: bool = False
+    crop_to_breast: bool = False
+    crop_margin: float = 0.02
     exclude_clips: bool = True
     work_side: int = 512
     mask_side: int = 256
@@ -260,6 +280,7 @@ class PreparedImage:
     window_check: str = ""  # what a sanity check changed about the window ("" = nothing)
     orientation_source: str = ""  # patient_orientation | laterality | pixels | signal
     orientation_check: str = ""  # header/pixel contradictions found ("" = none)
+    crop_box: tuple[int, int, int, int] | None = None  # (top, bottom, left, right) in raw pixels
 
 
 def display_table_from_window(raw: RawImage, window: Window) -> np.ndarray:
@@ -338,7 +359,10 @@ def prepare_image(
     give way to the fallback window (``window_check`` says so) and, if that fails too, rejects the
     film.
     The chest-wall side comes from the headers checked against the pixels
-    (:mod:`mammo_anogan.data.orientation`).
+    (:mod:`mammo_anogan.data.orientation`). With ``settings.crop_to_breast`` the raw film is cropped to
+    the breast's bounding box (:func:`breast_crop_box`) and rendered again through the same display
+    table, so every breast fills the square canvas from the chest wall on; ``crop_box`` records the box
+    and the lesion geometry follows the crop.
     """
     header = orient.header_orientation(
         list(raw.patient_orientation), raw.laterality, raw.view, raw.header_note
@@ -394,6 +418,7 @@ def prepare_image(
 
     display_table = _display_with_background_check(display_table, small, rough, settings, notes)
     image, mask = _render(pixels, display_table, flip, settings)
+    used_table = display_table
     film = orient_pad_resize(np.ones(small.shape, np.float32), flip, settings.resolution) >= 0.5
     problem = mask_problem(mask, film, settings.mask_max_film_fraction)
     if problem is not None and not window.source.startswith("fallback"):
@@ -410,8 +435,29 @@ def prepare_image(
                 *fallback_notes,
             ]
             image, mask, window, problem = fallback_image, fallback_mask, fallback, None
+            used_table = table
     if problem is not None:
         raise RejectedInput(f"breast mask failed the sanity check ({problem})")
+    crop_box = None
+    if settings.crop_to_breast:
+        # the box from the breast mask of the full-resolution rendering (exact to a raw pixel)
+        display = apply_lut(used_table, pixels)
+        full_mask = masks.breast_mask(display, settings.mask_threshold, settings.mask_method)
+        crop_box = breast_crop_box(full_mask, settings.crop_margin)
+        top, bottom, left, right = crop_box
+        pixels = np.ascontiguousarray(pixels[top:bottom, left:right])
+        image, mask = _render(pixels, used_table, flip, settings)
+        if lesion_circles is not None and len(lesion_circles):
+            lesion_circles = np.asarray(lesion_circles, dtype=np.float64).reshape(-1, 3).copy()
+            lesion_circles[:, 0] -= left
+            lesion_circles[:, 1] -= top
+        if lesion_mask_raw is not None:
+            if lesion_mask_raw.shape[:2] != raw.pixels.shape[:2]:
+                raise RejectedInput(
+                    f"lesion mask shape {lesion_mask_raw.shape[:2]} differs from the image "
+                    f"{raw.pixels.shape[:2]}"
+                )
+            lesion_mask_raw = lesion_mask_raw[top:bottom, left:right]
     pectoral_removed = False
     if settings.pectoral_removal and raw.view == "MLO":
         mask, pectoral_removed = masks.remove_pectoral(image, mask)
@@ -428,6 +474,7 @@ def prepare_image(
         window_check="; ".join(notes),
         orientation_source=source,
         orientation_check=decided.note,
+        crop_box=crop_box,
     )
     shape = pixels.shape[:2]
     lesion_parts: list[np.ndarray] = []
