@@ -29,6 +29,8 @@ def rows_of(sweep_dirs: list[Path]) -> list[dict[str, Any]]:
             row = {
                 key: metrics.get(key) for key in ("loss", "comparison", "num_seeds", "steps", "score_method")
             }
+            if metrics.get("score_method_requested") == "auto":  # picked on validation
+                row["score_method"] = f"auto: {row['score_method']}"
             row["val_auc"] = metrics.get("validation", {}).get("auc")
             for key in METRICS:
                 row.update({k: metrics.get(k) for k in (key, f"{key}_ci_low", f"{key}_ci_high")})
