@@ -354,19 +354,29 @@ def threshold_fingerprint(
     return make_fingerprint("threshold", values)
 
 
+#: ``score.method`` in a scores fingerprint for every method whose score is a stored column
+MAP_BASED = "any map-based"
+
+
+def _map_based(method: str) -> bool:
+    """Methods evaluated from the stored ``score_<method>`` columns; ``auto`` picks among them."""
+    from mammo_anogan.anomaly.outputs import EXTRA_SCORE_COLUMNS
+
+    return method == "auto" or f"score_{method}" in EXTRA_SCORE_COLUMNS
+
+
 def scores_fingerprint(
     cfg: DictConfig, settings: Any, projection: dict[str, Any] | None = None
 ) -> Fingerprint:
     """``scores.csv`` + ``maps/``: the projection, the images (dataset, manifest, split) and the score.
 
     Every row stores all map-based scores (``score_<method>`` columns), so ``score.method`` may change
-    between them on resume; a method without a column (``perceptual``) may not.
+    between them (and ``auto``, which picks among them) on resume; a method without a column
+    (``perceptual``) may not.
     """
-    from mammo_anogan.anomaly.outputs import EXTRA_SCORE_COLUMNS
-
     values = dict(projection or _projection_values(cfg, settings))
     method = str(cfg.score.method)
-    values["score.method"] = "any map-based" if f"score_{method}" in EXTRA_SCORE_COLUMNS else method
+    values["score.method"] = MAP_BASED if _map_based(method) else method
     values.update(_dataset_values(cfg, Path(str(cfg.data.dataset_dir))))
     return make_fingerprint("scores", values)
 
@@ -384,8 +394,11 @@ def check_score_run_dir(run_dir: Path, expected: Fingerprint, resume: bool) -> N
 
     scores = run_dir / SCORES_FILE
     if resume and _has_rows(scores):
+        recorded = read_sidecar(run_dir)
+        if recorded is not None and recorded.values.get("score.method") == "auto":
+            recorded = recorded.replace({"score.method": MAP_BASED})  # written before auto was map-based
         check_fingerprint(
-            read_sidecar(run_dir),
+            recorded,
             expected,
             str(scores),
             SCORES_ADVICE,

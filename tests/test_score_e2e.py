@@ -193,3 +193,25 @@ def test_resumed_run_with_another_method_is_evaluated_on_that_methods_scores(wor
         assert metrics["score_method"] == method
         assert metrics["auc"] == pytest.approx(expected)
     assert len(_rows(run_dir)) == scored  # nothing was projected again
+
+
+def test_a_run_scored_with_auto_is_re_evaluated_with_an_explicit_method(workspace, tmp_path) -> None:
+    """auto picks among the stored columns: its run dir resumes with any map-based method (and back).
+
+    Runs written before auto counted as map-based recorded ``score.method=auto``; they resume too.
+    """
+    import json
+
+    from mammo_anogan.score import run_score
+
+    run_dir = tmp_path / "auto"
+    auto = run_score(_compose(workspace, "score.figures=false", "score.method=auto"), run_dir)
+    scored = len(_rows(run_dir))
+    explicit = run_score(_compose(workspace, "score.figures=false", "score.method=topk"), run_dir)
+    assert explicit["score_method"] == "topk" and len(_rows(run_dir)) == scored
+    sidecar = run_dir / "fingerprint.json"
+    record = json.loads(sidecar.read_text())
+    record["values"]["score.method"] = "auto"  # as an older version wrote it
+    sidecar.write_text(json.dumps(record))
+    again = run_score(_compose(workspace, "score.figures=false", "score.method=auto"), run_dir)
+    assert again["auc"] == pytest.approx(auto["auc"]) and len(_rows(run_dir)) == scored

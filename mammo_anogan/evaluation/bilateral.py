@@ -162,6 +162,8 @@ def evaluate_bilateral(
     pairs = contralateral_pairs(manifest, set(frame["image_id"]))
     candidates = scalar_bilateral(frame, pairs)
     candidates[MAP_CANDIDATE] = map_bilateral(run_dir, frame, pairs, sigma, edge_margin, polarity)
+    # a score the run did not compute (all NaN, e.g. disc_features of derived seed subsets) is no candidate
+    candidates = {name: values for name, values in candidates.items() if np.isfinite(values).any()}
     classes = COMPARISONS[comparison]
     labelled = frame["label"].isin(list(classes)).to_numpy()
     y = frame["label"].map(classes).fillna(-1).astype(int).to_numpy()
