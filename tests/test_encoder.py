@@ -138,7 +138,11 @@ def test_encoder_plus_jitter_restarts_around_the_encoder_code_and_nest_in_n(netw
 
     def starts(num_seeds: int, jitter: float = 0.25):
         settings = ProjectionSettings(
-            init="encoder+jitter", num_seeds=num_seeds, steps=0, space="w_plus", w_std_samples=200,
+            init="encoder+jitter",
+            num_seeds=num_seeds,
+            steps=0,
+            space="w_plus",
+            w_std_samples=200,
             init_jitter=jitter,
         )
         return Projector(generator, MseLoss(), settings).project(images, codes).latents

@@ -69,6 +69,7 @@ def test_prepare_mias_lesion_lands_in_breast_at_expected_output_position(
             f"prepare.out_dir={out}",
             "prepare.workers=0",
             "prepare.salt_seed=0",
+            "data.preprocess.crop_to_breast=false",  # the hand computation below is of the whole film
         ]
     )
     result = prepare_dataset(cfg)
@@ -99,3 +100,33 @@ def test_prepare_mias_lesion_lands_in_breast_at_expected_output_position(
     assert image[:, :16].sum() > 3 * image[:, 16:].sum()  # chest wall on the left after the flip
     assert by_tissue_label[("R", "malignant")]["lesion_x"] != ""  # the row with coordinates
     assert left["lesion_mask_path"] == ""
+
+
+def test_prepare_mias_default_crops_to_the_breast_and_the_lesion_follows(
+    mias_dir: Path, tmp_path: Path
+) -> None:
+    """data=mias places every film by its breast (crop_to_breast): the circle stays on its lesion."""
+    outputs = {}
+    for crop in ("false", "true"):
+        out = tmp_path / crop
+        cfg = compose_prepare(
+            [
+                "data=mias",
+                f"data.source={mias_dir}",
+                "data.resolution=32",
+                f"prepare.out_dir={out}",
+                "prepare.workers=0",
+                "prepare.salt_seed=0",
+                f"data.preprocess.crop_to_breast={crop}",
+            ]
+        )
+        prepare_dataset(cfg)
+        rows = {(r["laterality"], r["label"]): r for r in csv.DictReader((out / "manifest.csv").open())}
+        outputs[crop] = (out, rows[("R", "benign")])
+    (_, whole), (out, cropped) = outputs["false"], outputs["true"]
+    assert int(cropped["breast_area_px"]) > int(whole["breast_area_px"])  # the breast fills more canvas
+    assert float(cropped["lesion_radius"]) > float(whole["lesion_radius"])  # magnified with it
+    lesion = cv2.imread(str(out / cropped["lesion_mask_path"]), cv2.IMREAD_GRAYSCALE) > 0
+    mask = cv2.imread(str(out / cropped["mask_path"]), cv2.IMREAD_GRAYSCALE) > 0
+    x, y = round(float(cropped["lesion_x"])), round(float(cropped["lesion_y"]))
+    assert lesion[y, x] and mask[y, x] and not (lesion & ~mask).any()
