@@ -57,11 +57,9 @@ def test_info_parser_handles_multiple_rows_and_missing_coordinates(mias_dir: Pat
     assert items["mdb005.pgm"].reject_reason == "listed in Info.txt but the image file is missing"
 
 
-def test_prepare_mias_lesion_lands_in_breast_at_expected_output_position(
-    mias_dir: Path, tmp_path: Path
-) -> None:
-    out = tmp_path / "out"
-    cfg = compose_prepare(
+def _mias_cfg(mias_dir: Path, out: Path, crop: str):
+    """prepare on the small mini-MIAS fixture at 32 px, in-process, with a fixed salt."""
+    return compose_prepare(
         [
             "data=mias",
             f"data.source={mias_dir}",
@@ -69,10 +67,17 @@ def test_prepare_mias_lesion_lands_in_breast_at_expected_output_position(
             f"prepare.out_dir={out}",
             "prepare.workers=0",
             "prepare.salt_seed=0",
-            "data.preprocess.crop_to_breast=false",  # the hand computation below is of the whole film
+            f"data.preprocess.crop_to_breast={crop}",
         ]
     )
-    result = prepare_dataset(cfg)
+
+
+def test_prepare_mias_lesion_lands_in_breast_at_expected_output_position(
+    mias_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    # the hand computation below is of the whole film: placement normalisation off
+    result = prepare_dataset(_mias_cfg(mias_dir, out, crop="false"))
     assert (result.kept, result.rejected) == (4, 2)
     rows = list(csv.DictReader((out / "manifest.csv").open()))
     rejected = {r["reason"] for r in csv.DictReader((out / "rejected.csv").open())}
@@ -109,18 +114,7 @@ def test_prepare_mias_default_crops_to_the_breast_and_the_lesion_follows(
     outputs = {}
     for crop in ("false", "true"):
         out = tmp_path / crop
-        cfg = compose_prepare(
-            [
-                "data=mias",
-                f"data.source={mias_dir}",
-                "data.resolution=32",
-                f"prepare.out_dir={out}",
-                "prepare.workers=0",
-                "prepare.salt_seed=0",
-                f"data.preprocess.crop_to_breast={crop}",
-            ]
-        )
-        prepare_dataset(cfg)
+        prepare_dataset(_mias_cfg(mias_dir, out, crop))
         rows = {(r["laterality"], r["label"]): r for r in csv.DictReader((out / "manifest.csv").open())}
         outputs[crop] = (out, rows[("R", "benign")])
     (_, whole), (out, cropped) = outputs["false"], outputs["true"]
