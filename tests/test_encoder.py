@@ -200,14 +200,16 @@ def test_every_experiment_composes_with_train_encoder(experiment: str, tmp_path:
     assert settings["total_kimg"] > 0 and cfg.ckpt_path is None
 
 
-def test_encoder_scoring_under_bf16_autocast_keeps_fp32_codes_and_maps(networks) -> None:
-    """The GPU path's precision on the CPU: under bf16 autocast the encoder's W+ codes, the W+
-    projection and the reconstruction stay fp32 and within bf16 rounding of the fp32 run."""
+@pytest.mark.parametrize("init", ["encoder", "encoder+jitter"])
+def test_encoder_scoring_under_bf16_autocast_keeps_fp32_codes_and_maps(networks, init: str) -> None:
+    """The GPU path's precision on the CPU: under bf16 autocast the encoder's W+ codes (and the
+    jittered restarts around them), the W+ projection and the reconstruction stay fp32 and within
+    bf16 rounding of the fp32 run."""
     from mammo_anogan.anomaly.module import ProjectionModule
 
     generator, _ = networks
     encoder = encoder_for_generator(generator, channel_base=128, channel_max=16)
-    settings = ProjectionSettings(init="encoder", steps=3, space="w_plus", lr=0.01, w_std_samples=100)
+    settings = ProjectionSettings(init=init, num_seeds=3, steps=3, space="w_plus", lr=0.01, w_std_samples=100)
     module = ProjectionModule(generator, MseLoss(), settings, encoder=encoder)
     images = _images(3)
     reference = module.reconstruct(images)

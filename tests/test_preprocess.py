@@ -213,3 +213,17 @@ def test_crop_margin_is_checked() -> None:
     cfg = OmegaConf.create({"resolution": 64, "preprocess": {"crop_to_breast": True, "crop_margin": 0.9}})
     with pytest.raises(ConfigError, match="crop_margin"):
         preprocess_settings(cfg)
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_lesion_mask_of_another_shape_is_rejected_before_any_work(crop: bool) -> None:
+    film = phantom(height=96, width=64)
+    settings = PreprocessSettings(resolution=32, crop_to_breast=crop)
+    with pytest.raises(
+        RejectedInput, match=r"lesion mask shape \(96, 63\) differs from the image \(96, 64\)"
+    ):
+        prepare_image(_raw(film, laterality="L"), settings, lesion_mask_raw=np.zeros((96, 63), bool))
+    same = np.zeros((96, 64), bool)
+    same[40:50, 10:20] = True
+    prepared = prepare_image(_raw(film, laterality="L"), settings, lesion_mask_raw=same)
+    assert prepared.lesion_mask is not None and prepared.lesion_mask.any()

@@ -131,7 +131,8 @@ def polarised(signed_map: torch.Tensor, polarity: str) -> torch.Tensor:
     return signed_map.abs() if polarity == "abs" else signed_map.clamp_min(0.0)
 
 
-def _masked_max(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_max(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per image the maximum of ``values [B, ...]`` where ``mask [B, ...] > 0.5``; NaN for an empty mask."""
     flat = torch.where(
         mask.flatten(1) > 0.5, values.flatten(1), torch.full_like(values.flatten(1), -math.inf)
     )
@@ -170,7 +171,7 @@ def lesion_scores(
     smoothed = gaussian_smooth(values, settings.smooth_sigma)
     inner = erode_mask(masks, settings.edge_margin)
     return {
-        "smooth_max": _masked_max(smoothed, inner),
+        "smooth_max": masked_max(smoothed, inner),
         "smooth_topk": topk_mean(smoothed, inner, settings.topk_percent),
         "component": component_scores(smoothed, inner, settings.component_threshold),
     }

@@ -324,9 +324,16 @@ def breast_mask_for(
 
 def _render(
     raw_pixels: np.ndarray, table: np.ndarray, flip: bool, settings: PreprocessSettings
-) -> tuple[np.ndarray, np.ndarray]:
-    """Image and breast mask in output coordinates through one display table."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image and breast mask in output coordinates through one display table, and the display."""
     display = apply_lut(table, raw_pixels)  # the full-size 8-bit film, rendered once
+    return (*_render_display(display, flip, settings), display)
+
+
+def _render_display(
+    display: np.ndarray, flip: bool, settings: PreprocessSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image and breast mask in output coordinates of a full-size 8-bit film."""
     image = orient_pad_resize(display, flip, settings.resolution)
     return image, breast_mask_for(display, flip, image, settings)
 
@@ -368,6 +375,10 @@ def prepare_image(
         list(raw.patient_orientation), raw.laterality, raw.view, raw.header_note
     )
     pixels = raw.pixels
+    if lesion_mask_raw is not None and lesion_mask_raw.shape[:2] != pixels.shape[:2]:
+        raise RejectedInput(
+            f"lesion mask shape {lesion_mask_raw.shape[:2]} differs from the image {pixels.shape[:2]}"
+        )
     if header.flip_vertical:
         pixels = np.ascontiguousarray(pixels[::-1])
         if lesion_circles is not None and len(lesion_circles):
@@ -417,8 +428,7 @@ def prepare_image(
     flip = settings.flip_right and side == "R"
 
     display_table = _display_with_background_check(display_table, small, rough, settings, notes)
-    image, mask = _render(pixels, display_table, flip, settings)
-    used_table = display_table
+    image, mask, display = _render(pixels, display_table, flip, settings)
     film = orient_pad_resize(np.ones(small.shape, np.float32), flip, settings.resolution) >= 0.5
     problem = mask_problem(mask, film, settings.mask_max_film_fraction)
     if problem is not None and not window.source.startswith("fallback"):
@@ -427,7 +437,7 @@ def prepare_image(
         table = _display_with_background_check(
             display_table_from_window(raw, fallback), small, rough, settings, fallback_notes
         )
-        fallback_image, fallback_mask = _render(pixels, table, flip, settings)
+        fallback_image, fallback_mask, fallback_display = _render(pixels, table, flip, settings)
         if mask_problem(fallback_mask, film, settings.mask_max_film_fraction) is None:
             notes = [
                 *notes,
@@ -435,28 +445,23 @@ def prepare_image(
                 *fallback_notes,
             ]
             image, mask, window, problem = fallback_image, fallback_mask, fallback, None
-            used_table = table
+            display = fallback_display
     if problem is not None:
         raise RejectedInput(f"breast mask failed the sanity check ({problem})")
     crop_box = None
     if settings.crop_to_breast:
-        # the box from the breast mask of the full-resolution rendering (exact to a raw pixel)
-        display = apply_lut(used_table, pixels)
+        # the box from the breast mask of the full-resolution rendering (exact to a raw pixel); the
+        # cropped film is the same rendering cut out, so nothing is windowed twice
         full_mask = masks.breast_mask(display, settings.mask_threshold, settings.mask_method)
         crop_box = breast_crop_box(full_mask, settings.crop_margin)
         top, bottom, left, right = crop_box
-        pixels = np.ascontiguousarray(pixels[top:bottom, left:right])
-        image, mask = _render(pixels, used_table, flip, settings)
+        image, mask = _render_display(np.ascontiguousarray(display[top:bottom, left:right]), flip, settings)
+        pixels = pixels[top:bottom, left:right]  # the raw geometry the lesions are mapped from
         if lesion_circles is not None and len(lesion_circles):
             lesion_circles = np.asarray(lesion_circles, dtype=np.float64).reshape(-1, 3).copy()
             lesion_circles[:, 0] -= left
             lesion_circles[:, 1] -= top
         if lesion_mask_raw is not None:
-            if lesion_mask_raw.shape[:2] != raw.pixels.shape[:2]:
-                raise RejectedInput(
-                    f"lesion mask shape {lesion_mask_raw.shape[:2]} differs from the image "
-                    f"{raw.pixels.shape[:2]}"
-                )
             lesion_mask_raw = lesion_mask_raw[top:bottom, left:right]
     pectoral_removed = False
     if settings.pectoral_removal and raw.view == "MLO":
@@ -485,10 +490,6 @@ def prepare_image(
         lesion_parts.append(masks.disk_mask(settings.resolution, xs, ys, radii))
         prepared.lesions = [(float(x), float(y), float(r)) for x, y, r in zip(xs, ys, radii)]
     if lesion_mask_raw is not None:
-        if lesion_mask_raw.shape[:2] != shape:
-            raise RejectedInput(
-                f"lesion mask shape {lesion_mask_raw.shape[:2]} differs from the image {shape}"
-            )
         resized = binary_resize(lesion_mask_raw > 0, flip, settings.resolution)
         lesion_parts.append(resized)
         prepared.lesions = (prepared.lesions or []) + masks.lesion_geometry(resized)

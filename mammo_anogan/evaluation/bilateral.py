@@ -41,7 +41,13 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from mammo_anogan.anomaly.map_scores import MAP_POLARITIES, erode_mask, gaussian_smooth, polarised
+from mammo_anogan.anomaly.map_scores import (
+    MAP_POLARITIES,
+    erode_mask,
+    gaussian_smooth,
+    masked_max,
+    polarised,
+)
 from mammo_anogan.anomaly.outputs import EXTRA_SCORE_COLUMNS, SCORES_FILE, load_image_arrays, map_path
 from mammo_anogan.evaluation.metrics import COMPARISONS, evaluate_protocol
 from mammo_anogan.evaluation.table import write_metrics_json
@@ -94,30 +100,25 @@ def map_bilateral(
     edge_margin: int,
     polarity: str,
 ) -> np.ndarray:
-    """``bilateral_map`` per row of ``frame`` (NaN without a pair); maps read from ``run_dir/maps``."""
-    split_of = dict(zip(frame["image_id"], frame["split"]))
-    smoothed: dict[str, torch.Tensor] = {}
-    masks: dict[str, torch.Tensor] = {}
+    """``bilateral_map`` per row of ``frame`` (NaN without a pair); maps read from ``run_dir/maps``.
 
-    def load(image_id: str) -> torch.Tensor:
-        if image_id not in smoothed:
-            arrays = load_image_arrays(map_path(run_dir, split_of[image_id], image_id))
-            signed = torch.from_numpy(arrays["signed_map"].astype(np.float32))[None]
-            smoothed[image_id] = gaussian_smooth(polarised(signed, polarity), sigma)[0]
-            masks[image_id] = torch.from_numpy(arrays["mask"].astype(np.float32))
-        return smoothed[image_id]
-
+    All films are smoothed in one batch and every film minus its partner is one indexed subtraction.
+    """
     result = np.full(len(frame), math.nan)
-    for row, image_id in enumerate(frame["image_id"]):
-        other = pairs.get(image_id)
-        if other is None or other not in split_of:
-            continue
-        difference = load(image_id) - load(other)
-        if difference.shape != smoothed[image_id].shape:
-            continue
-        inner = erode_mask(masks[image_id][None], edge_margin)[0] > 0.5
-        if inner.any():
-            result[row] = float(difference[inner].max())
+    index = {image_id: row for row, image_id in enumerate(frame["image_id"])}
+    partner = np.array([index.get(pairs.get(image_id, ""), -1) for image_id in frame["image_id"]])
+    has = np.flatnonzero(partner >= 0)
+    if has.size == 0:
+        return result
+    arrays = [
+        load_image_arrays(map_path(run_dir, split, image_id))
+        for split, image_id in zip(frame["split"], frame["image_id"])
+    ]
+    signed = torch.from_numpy(np.stack([a["signed_map"] for a in arrays]).astype(np.float32))
+    masks = torch.from_numpy(np.stack([a["mask"] for a in arrays]).astype(np.float32))
+    smoothed = gaussian_smooth(polarised(signed, polarity), sigma)  # [B, C, H, W]
+    difference = smoothed[has] - smoothed[partner[has]]
+    result[has] = masked_max(difference, erode_mask(masks[has], edge_margin)).numpy()
     return result
 
 

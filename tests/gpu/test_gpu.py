@@ -167,9 +167,11 @@ def test_projector_bf16_channels_last_on_gpu() -> None:
     assert float(result.losses.mean()) < float(MseLoss()(torch.zeros_like(targets), targets).mean())
 
 
-def test_encoder_initialised_scoring_on_gpu() -> None:
-    """The demo's scoring path on CUDA (encoder start, 10 W+ steps, lesion-sensitive map scores):
-    finite fp32 maps and scores, within bf16 tolerance of the same module on the CPU."""
+@pytest.mark.parametrize("init", ["encoder", "encoder+jitter"])
+def test_encoder_initialised_scoring_on_gpu(init: str) -> None:
+    """The demo's and the mini-MIAS study's scoring paths on CUDA (encoder start, or N restarts
+    jittered around it; 10 W+ steps, lesion-sensitive map scores): finite fp32 maps and scores,
+    within bf16 tolerance of the same module on the CPU."""
     from mammo_anogan.anomaly.losses import MseLoss
     from mammo_anogan.anomaly.map_scores import MapScoreSettings
     from mammo_anogan.anomaly.module import ProjectionModule
@@ -188,7 +190,9 @@ def test_encoder_initialised_scoring_on_gpu() -> None:
         "image_id": [str(i) for i in range(4)],
         "label_name": ["normal"] * 4,
     }
-    settings = ProjectionSettings(init="encoder", steps=10, space="w_plus", lr=0.01, latent_noise=0.0)
+    settings = ProjectionSettings(
+        init=init, num_seeds=3, steps=10, space="w_plus", lr=0.01, latent_noise=0.0, w_std_samples=1000
+    )
     results = {}
     for device in ("cpu", DEVICE):
         module = ProjectionModule(G, MseLoss(), settings, "smooth_topk", encoder=encoder,
